@@ -1,0 +1,1 @@
+"""Data: the data directory, image reading, the registry of sets, downloads and the crop stream."""

@@ -1,0 +1,127 @@
+"""Registry of image sets: kodak24, bsd300, bsd300-train, set14, imagenet-val and folder:PATH."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, DataError
+from .images import IMAGE_SUFFIXES, read_image_cached
+from .manifest import entries_for, sha256_file
+
+# name → (manifest set, folder under the data dir, default evaluation repeats of the paper, §8)
+REGISTERED: dict[str, tuple[str | None, str, int]] = {
+    "kodak24": ("kodak24", "kodak24", 10),
+    "bsd300": ("bsd300/test", "bsd300/test", 3),
+    "bsd300-train": ("bsd300/train", "bsd300/train", 1),
+    "set14": (None, "set14", 20),  # download only; no checksums kept (see download.py)
+    "imagenet-val": (None, "imagenet-val", 1),  # a folder the user provides: $N2N_IMAGENET
+}
+SET_FORMS = ", ".join(REGISTERED) + ", folder:PATH"
+IMAGENET_SIDES = (256, 512)  # the paper's training set: ILSVRC2012 val images with both sides here
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """A named, ordered list of image files, optionally with the sha256 each must have."""
+
+    name: str
+    paths: tuple[Path, ...]
+    sha256: tuple[str | None, ...]
+    default_repeats: int = 1
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def image_ids(self) -> list[str]:
+        return [p.stem for p in self.paths]
+
+    def load(self) -> list[torch.Tensor]:
+        """Verify (where a checksum is known) and decode every image to uint8 (3, H, W)."""
+        return [_verified_image(p, h) for p, h in zip(self.paths, self.sha256)]
+
+    def pad_to(self) -> int:
+        """The common square size, a multiple of 32, that every image fits (Kodak 768, BSD 512)."""
+        biggest = max(max(img.shape[1:]) for img in self.load())
+        return 32 * math.ceil(biggest / 32)
+
+
+def _verified_image(path: Path, sha256: str | None) -> torch.Tensor:
+    if sha256 is not None:
+        _check_hash(str(path), sha256)
+    return read_image_cached(path)
+
+
+@lru_cache(maxsize=4096)
+def _check_hash(path: str, expected: str) -> None:
+    if not os.path.isfile(path):
+        raise DataError(f"image {path} is missing; run 'n2n-bench download <set>' or set N2N_DATA")
+    actual = sha256_file(Path(path))
+    if actual != expected:
+        raise DataError(
+            f"image {path} is corrupt (sha256 {actual[:12]}…, expected {expected[:12]}…); "
+            "delete it and run 'n2n-bench download <set>' again"
+        )
+
+
+def resolve_set(name: str, data_dir: Path) -> ImageSet:
+    """Build the ImageSet for a registered name or 'folder:PATH'; fails early with the fix."""
+    if name.startswith("folder:"):
+        return _folder_set(name, Path(name.split(":", 1)[1]).expanduser(), filter_sides=None)
+    if name not in REGISTERED:
+        raise ConfigError(f"unknown data set {name!r}; expected one of: {SET_FORMS}")
+    manifest_set, folder, repeats = REGISTERED[name]
+    if name == "imagenet-val":
+        root = Path(os.environ.get("N2N_IMAGENET", data_dir / folder))
+        return _folder_set(name, root, filter_sides=IMAGENET_SIDES)
+    _require_data_dir(data_dir, name)
+    if manifest_set is None:
+        return _folder_set(name, data_dir / folder, filter_sides=None, repeats=repeats)
+    entries = entries_for(manifest_set)
+    paths = tuple(data_dir / e.relative_path for e in entries)
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(
+            f"data set {name}: {len(missing)} of {len(paths)} images missing (first: {missing[0]}); "
+            f"run 'n2n-bench download {name}' or point N2N_DATA at a directory that has them"
+        )
+    return ImageSet(name, paths, tuple(e.sha256 for e in entries), repeats)
+
+
+def _require_data_dir(data_dir: Path, name: str) -> None:
+    if not data_dir.is_dir():
+        raise DataError(
+            f"data directory {data_dir} does not exist; set N2N_DATA to the folder holding the "
+            f"data sets or run 'n2n-bench download {name}'"
+        )
+
+
+def _folder_set(name: str, root: Path, filter_sides, repeats: int = 1) -> ImageSet:
+    if not root.is_dir():
+        hint = "set N2N_IMAGENET to it" if name == "imagenet-val" else "check the path"
+        raise DataError(f"data set {name}: folder {root} does not exist; {hint}")
+    paths = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if filter_sides is not None:
+        paths = [p for p in paths if _sides_within(p, *filter_sides)]
+    if not paths:
+        raise DataError(
+            f"data set {name}: no images ({', '.join(IMAGE_SUFFIXES)}) in {root}; "
+            "point it at a folder of images"
+        )
+    return ImageSet(name, tuple(paths), (None,) * len(paths), repeats)
+
+
+def _sides_within(path: Path, low: int, high: int) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except OSError:
+        return True  # keep it, so reading it later gives the clear unreadable-image error
+    return low <= width <= high and low <= height <= high

@@ -1,0 +1,1 @@
+"""Evaluation: PSNR conventions and the fixed protocol of METHODS.md §8."""
