@@ -23,8 +23,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 def _one_line_validation(err: ValidationError) -> str:
     parts = []
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "config"
-        parts.append(f"{where}: {e['msg']}")
+        where = ".".join(str(p) for p in e["loc"])
+        message = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
     return "invalid configuration: " + "; ".join(parts)
 
 
@@ -53,13 +54,15 @@ def _data_dir(value: Optional[Path]) -> Path:
 @app.command()
 @friendly_errors
 def evaluate(
-    noise: str = typer.Option(..., help="noise style, e.g. gaussian25, poisson5_50, impulse50"),
+    noise: Optional[str] = typer.Option(None, help="noise style, e.g. gaussian25 (default: the checkpoint's)"),
     dataset: str = typer.Option("kodak24", help="kodak24, bsd300, bsd300-train, set14, folder:PATH"),
     method: str = typer.Option("noisy", help="a training-free method (noisy, cbm3d)"),
     checkpoint: Optional[Path] = typer.Option(None, help="score a trained checkpoint instead"),
     repeats: Optional[int] = typer.Option(None, min=1, help="evaluations per image (default 1)"),
     seed: int = typer.Option(0, help="evaluation seed: same seed, same noisy inputs"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    center_crop: Optional[int] = typer.Option(None, min=32, help="score central crops of this side"),
+    max_images: Optional[int] = typer.Option(None, min=1, help="score only the first N images"),
     data_dir: Optional[Path] = typer.Option(None, help="data directory (default $N2N_DATA)"),
     json_out: bool = typer.Option(False, "--json", help="last stdout line: one JSON object"),
 ) -> None:
@@ -69,7 +72,7 @@ def evaluate(
     summary = evaluate_command(
         noise=noise, dataset=dataset, method=method, checkpoint=checkpoint,
         repeats=repeats, seed=seed, device=device, data_dir=_data_dir(data_dir),
-        progress=sys.stderr.isatty() or not json_out,
+        progress=sys.stderr.isatty() or not json_out, center_crop=center_crop, max_images=max_images,
     )
     if json_out:
         typer.echo(json.dumps(summary))
@@ -79,6 +82,81 @@ def evaluate(
             f"{summary['psnr_mean']:.2f} dB over {summary['n_evaluations']} evaluations "
             f"({summary['convention']} PSNR)"
         )
+
+
+@app.command()
+@friendly_errors
+def train(
+    method: str = typer.Option(..., help="method variant (n2c, n2v, ssdn-known, ...) or method name"),
+    noise: str = typer.Option(..., help="noise style, e.g. gaussian25"),
+    profile: str = typer.Option("quick", help="smoke, quick, reproduction or paper"),
+    overrides: list[str] = typer.Option([], "--set", help="section.key=value, e.g. train.lr=1e-4"),
+    seed: Optional[int] = typer.Option(None, help="training seed (default: the profile's, 0)"),
+    out: Optional[Path] = typer.Option(None, help="run folder (default runs/<method>-<noise>-<profile>-<hash>)"),
+    data_dir: Optional[Path] = typer.Option(None, help="data directory (default $N2N_DATA)"),
+    json_out: bool = typer.Option(False, "--json", help="last stdout line: one JSON object"),
+) -> None:
+    """Train a method; rerunning the same command resumes an unfinished run or returns the finished one."""
+    from benchmarks.experiment import compose_config, run_dir
+    from benchmarks.experiment import train as train_run
+
+    cfg = compose_config(profile, method, noise, overrides, seed=seed)
+    out_dir = out if out is not None else run_dir(cfg)
+    result = train_run(cfg, out_dir, data_dir=_data_dir(data_dir), progress=sys.stderr.isatty() or not json_out)
+    summary = {
+        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        "images_seen": result.images_seen, "skipped_steps": result.skipped_steps,
+        "train_seconds": round(result.seconds, 3), "method": cfg.method.name, "noise": cfg.noise,
+        "profile": profile, "config_hash": cfg.config_hash(),
+    }
+    typer.echo(json.dumps(summary) if json_out else
+               f"trained {cfg.method.name} on {cfg.noise}: {result.images_seen} images -> {result.checkpoint}")
+
+
+@app.command()
+@friendly_errors
+def grid(
+    noise: str = typer.Option(..., help="noise style, e.g. gaussian25"),
+    profile: Optional[str] = typer.Option(None, help="smoke, quick, reproduction, paper (default: quick on CPU)"),
+    methods: Optional[str] = typer.Option(None, help="comma-separated subset of the grid's variants"),
+    overrides: list[str] = typer.Option([], "--set", help="section.key=value for every job"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"),
+    data_dir: Optional[Path] = typer.Option(None, help="data directory (default $N2N_DATA)"),
+    report: bool = typer.Option(True, help="rebuild results/ from MLflow afterwards"),
+    out: Path = typer.Option(Path("results"), help="report folder"),
+) -> None:
+    """Train and score every method variant valid for a noise style; log every run to MLflow."""
+    from benchmarks.grid import default_profile, run_grid
+
+    profile = profile or default_profile()
+    chosen = [m.strip() for m in methods.split(",")] if methods else None
+    outcome = run_grid(noise, profile, chosen, overrides, tracking_uri, data_dir=_data_dir(data_dir))
+    for name, why in outcome.not_applicable.items():
+        typer.echo(f"not applicable: {name} ({why})", err=True)
+    typer.echo(f"grid {noise} {profile}: {len(outcome.ran)} ran, {len(outcome.skipped)} already finished, "
+               f"{len(outcome.failed)} failed", err=True)
+    if report:
+        from benchmarks.report import build_report
+
+        written = build_report(tracking_uri, out)
+        typer.echo(f"report: {len(written)} files in {out}", err=True)
+    if outcome.failed:
+        for name, why in outcome.failed.items():
+            typer.echo(f"FAILED {name}: {why}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly_errors
+def report(
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"),
+    out: Path = typer.Option(Path("results"), help="report folder"),
+) -> None:
+    """Rebuild tables and figures under results/ from MLflow alone (no training)."""
+    from benchmarks.report import build_report
+
+    written = build_report(tracking_uri, out)
+    typer.echo(f"report: {len(written)} files in {out}")
 
 
 @app.command()

@@ -1,44 +1,55 @@
-"""`n2n-bench evaluate`: build the evaluator and the method (or load a checkpoint) and score it."""
+"""`n2n-bench evaluate`: score a training-free method, or a trained checkpoint, on one set."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-from n2n_core.data.sets import resolve_set
+from n2n_core.device import resolve_device
 from n2n_core.errors import ConfigError
-from n2n_core.evaluation.protocol import Evaluator
-from n2n_core.methods import build_method, method_config
-from n2n_core.noise import parse_style
 
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' → cuda when available, else cpu; 'cuda' without CUDA is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but CUDA is not available; use --device cpu")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda")
-    return torch.device(name)
+from .experiment import compose_config, evaluate_model, load_trained
 
 
 def evaluate_command(*, noise, dataset, method, checkpoint, repeats, seed, device, data_dir: Path,
-                     progress: bool) -> dict:
-    noise_model = parse_style(noise)
+                     progress: bool, center_crop: int | None = None,
+                     max_images: int | None = None) -> dict:
     torch_device = resolve_device(device)
     if checkpoint is not None:
-        raise ConfigError("--checkpoint scoring arrives with the trainer; use --method noisy for now")
-    the_method = build_method(method_config(method), noise_model)
-    if the_method.trainable:
-        raise ConfigError(f"method {method!r} must be trained first; pass --checkpoint")
-    image_set = resolve_set(dataset, data_dir)
-    evaluator = Evaluator(image_set, noise_model, seed=seed, repeats=repeats or 1)
-    with tqdm(total=evaluator.n_evaluations, desc=f"{method} {dataset}", disable=not progress,
-              file=__import__("sys").stderr) as bar:
-        result = evaluator.run(
-            lambda items: the_method.denoise_many(None, items, torch_device), progress=bar.update
-        )
-    return {"method": method, **result.summary(), "seed": seed}
+        cfg, the_method, model = load_trained(checkpoint, torch_device)
+        name = cfg.method.name
+        noise = noise or cfg.noise
+    else:
+        if noise is None:
+            raise ConfigError("--noise is required unless --checkpoint is given")
+        cfg = compose_config("evaluate", method, noise, overrides=[f"eval.seed={seed}"])
+        from n2n_core.methods import build_method
+        from n2n_core.noise import parse_style
+
+        the_method = build_method(cfg.method, parse_style(noise))
+        if the_method.trainable:
+            raise ConfigError(f"method {method!r} must be trained first; pass --checkpoint")
+        model, name = None, cfg.method.name
+    # score what was asked for, not the training profile's (possibly smoke-sized) evaluation
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(
+        update={"seed": seed, "center_crop": center_crop, "max_images": max_images})})
+    # the bar opens at the first scored image, after the set is resolved and loaded: a data error
+    # must stay the only line on stderr (cli.friendly_errors)
+    bar = None
+
+    def tick(n: int = 1) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(desc=f"{name} {dataset}", disable=not progress, file=sys.stderr)
+        bar.update(n)
+
+    try:
+        result = evaluate_model(the_method, model, cfg, dataset, noise, torch_device, data_dir,
+                                repeats=repeats or 1, progress=tick)
+    finally:
+        if bar is not None:
+            bar.close()
+    return {"method": name, **result.summary(), "seed": seed,
+            "checkpoint": str(checkpoint) if checkpoint else None}

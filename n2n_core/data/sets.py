@@ -53,14 +53,17 @@ class ImageSet:
 
 def _verified_image(path: Path, sha256: str | None) -> torch.Tensor:
     if sha256 is not None:
-        _check_hash(str(path), sha256)
+        if not path.is_file():
+            raise DataError(f"image {path} is missing; run 'n2n-bench download <set>' or set N2N_DATA")
+        stat = path.stat()
+        # keyed on (mtime, size) like read_image_cached: a file changed since it was verified is
+        # hashed again, so a long-lived process never trusts a stale check
+        _check_hash(str(path), stat.st_mtime_ns, stat.st_size, sha256)
     return read_image_cached(path)
 
 
 @lru_cache(maxsize=4096)
-def _check_hash(path: str, expected: str) -> None:
-    if not os.path.isfile(path):
-        raise DataError(f"image {path} is missing; run 'n2n-bench download <set>' or set N2N_DATA")
+def _check_hash(path: str, mtime_ns: int, size: int, expected: str) -> None:
     actual = sha256_file(Path(path))
     if actual != expected:
         raise DataError(
@@ -103,7 +106,12 @@ def _require_data_dir(data_dir: Path, name: str) -> None:
 
 def _folder_set(name: str, root: Path, filter_sides, repeats: int = 1) -> ImageSet:
     if not root.is_dir():
-        hint = "set N2N_IMAGENET to it" if name == "imagenet-val" else "check the path"
+        if name == "imagenet-val":
+            hint = "set N2N_IMAGENET to it"
+        elif name in REGISTERED:
+            hint = f"run 'n2n-bench download {name}' or set N2N_DATA"
+        else:
+            hint = "check the path"
         raise DataError(f"data set {name}: folder {root} does not exist; {hint}")
     paths = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if filter_sides is not None:

@@ -5,10 +5,19 @@ from __future__ import annotations
 from ..errors import ConfigError
 from ..noise import NoiseModel
 from .base import LossOutput, Method, MethodConfigBase, Rngs, TrainingPair
+from .n2c import N2C, N2CConfig
+from .n2n import N2N, N2NConfig
+from .n2v import N2V, N2VConfig
 from .noisy import Noisy, NoisyConfig
+from .ssdn import SSDN, SSDNConfig, SSDNMu, SSDNMuConfig
 
 METHODS: dict[str, tuple[type[MethodConfigBase], type[Method]]] = {
     "noisy": (NoisyConfig, Noisy),
+    "n2c": (N2CConfig, N2C),
+    "n2n": (N2NConfig, N2N),
+    "n2v": (N2VConfig, N2V),
+    "ssdn": (SSDNConfig, SSDN),
+    "ssdn-mu": (SSDNMuConfig, SSDNMu),
 }
 
 

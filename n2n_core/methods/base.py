@@ -60,7 +60,8 @@ class Method:
         self.config = config
         self.noise = noise
 
-    def build_model(self) -> nn.Module | None:
+    def build_model(self, rng: torch.Generator) -> nn.Module | None:
+        """One module holding every trainable parameter, initialised from `rng`."""
         raise NotImplementedError
 
     def training_pair(self, clean: Tensor, rngs: Rngs) -> TrainingPair:

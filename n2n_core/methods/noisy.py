@@ -17,7 +17,7 @@ class Noisy(Method):
 
     trainable: ClassVar[bool] = False
 
-    def build_model(self) -> None:
+    def build_model(self, rng=None) -> None:
         return None
 
     def denoise(self, model, batch: NoisyBatch):

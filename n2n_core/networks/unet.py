@@ -1,0 +1,151 @@
+"""The 5-pool U-Net of METHODS.md §3 (N2C, N2N, N2V, noise-level net) and its He init.
+
+`UNetBody` (encoder and decoder up to conv1b) takes its 3×3 convolution and its pooling as
+arguments, so the blind-spot network of §4 (blindspot.py) reuses it with upward-looking versions of
+both. Those may hand back extra rows at the bottom; the body drops them at each concatenation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import skip_init
+
+LRELU_SLOPE = 0.1
+N_POOLS = 5
+SIZE_MULTIPLE = 2**N_POOLS  # 32: both sides must survive five 2×2 poolings exactly
+ENC_CH = 48
+DEC_CH = 96
+
+Conv3x3Factory = Callable[[int, int], nn.Conv2d]
+Pool = Callable[[Tensor], Tensor]
+
+
+def conv3x3_same(in_ch: int, out_ch: int) -> nn.Conv2d:
+    """A 3×3 'same' convolution with bias, left uninitialised (`init_network_` fills it)."""
+    # skip_init: the default init would draw from the global RNG only to be overwritten
+    return skip_init(nn.Conv2d, in_ch, out_ch, 3, padding=1)
+
+
+def conv1x1(in_ch: int, out_ch: int) -> nn.Conv2d:
+    """A 1×1 convolution with bias, left uninitialised (`init_network_` fills it)."""
+    return skip_init(nn.Conv2d, in_ch, out_ch, 1)
+
+
+def max_pool2x2(x: Tensor) -> Tensor:
+    return F.max_pool2d(x, 2)
+
+
+def lrelu(x: Tensor) -> Tensor:
+    # in place is safe (conv backward needs its input, not its output, and a positive slope lets
+    # leaky_relu's backward use its result) and saves an activation-sized write per layer
+    return F.leaky_relu(x, LRELU_SLOPE, inplace=True)
+
+
+def he_init_(conv: nn.Conv2d, gain: float, rng: torch.Generator | None) -> None:
+    """Weights ~ N(0, (gain / √fan_in)²), bias 0 (METHODS.md §3); rng None: torch's default."""
+    fan_in = conv.weight[0].numel()  # in_channels · kh · kw
+    with torch.no_grad():
+        conv.weight.normal_(0.0, gain / math.sqrt(fan_in), generator=rng)
+        if conv.bias is not None:
+            conv.bias.zero_()
+
+
+def init_network_(
+    model: nn.Module, last: nn.Conv2d, zero_init_last: bool, rng: torch.Generator | None
+) -> None:
+    """He-init every conv of `model` with gain √2, then `last` with gain 1 or all zeros (§3)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and module is not last:
+            he_init_(module, math.sqrt(2.0), rng)
+    if zero_init_last:  # the noise-level net's rule: without it its estimate does not converge
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.zero_()
+    else:
+        he_init_(last, 1.0, rng)
+
+
+def make_head(widths: Sequence[int], n_out: int) -> nn.Sequential:
+    """1×1 convs widths[0] → … → widths[-1] → n_out, LeakyReLU after all but the last (linear)."""
+    layers: list[nn.Module] = []
+    for in_ch, out_ch in zip(widths[:-1], widths[1:]):
+        layers += [conv1x1(in_ch, out_ch), nn.LeakyReLU(LRELU_SLOPE, inplace=True)]
+    layers.append(conv1x1(widths[-1], n_out))
+    return nn.Sequential(*layers)
+
+
+def check_image_batch(x: Tensor, net: str) -> None:
+    """Raise ValueError unless x is (N, C, H, W) with H and W multiples of 32."""
+    if x.dim() != 4:
+        raise ValueError(f"{net} expects a (N, C, H, W) batch, got shape {tuple(x.shape)}")
+    height, width = x.shape[-2:]
+    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
+        raise ValueError(
+            f"{net} needs H and W to be multiples of {SIZE_MULTIPLE} (it pools {N_POOLS} times), "
+            f"got {height}×{width}; pad or crop the input first"
+        )
+
+
+class UNetBody(nn.Module):
+    """Encoder and decoder of METHODS.md §3 up to conv1b: (N, C, H, W) → (N, 96, H(+extra), W)."""
+
+    def __init__(self, in_channels: int, conv3x3: Conv3x3Factory, pool: Pool):
+        super().__init__()
+        self.pool = pool
+        # conv0, conv1 at full scale, conv2..conv5 each followed by a pool, conv6 at 1/32
+        self.encoder = nn.ModuleList(conv3x3(c, ENC_CH) for c in [in_channels] + [ENC_CH] * 6)
+        # decoder levels 5, 4, 3, 2, 1 read upsampled previous + skip (the image at level 1)
+        dec_in = [2 * ENC_CH] + [DEC_CH + ENC_CH] * 3 + [DEC_CH + in_channels]
+        self.decoder = nn.ModuleList(
+            nn.ModuleList([conv3x3(c, DEC_CH), conv3x3(DEC_CH, DEC_CH)]) for c in dec_in
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        conv0, conv1, *pooled_convs, conv6 = self.encoder
+        skips = [x]  # the image is the skip of the last decoder level
+        h = self.pool(lrelu(conv1(lrelu(conv0(x)))))
+        for conv in pooled_convs:  # conv2..conv5
+            skips.append(h)
+            h = self.pool(lrelu(conv(h)))
+        h = lrelu(conv6(h))  # (N, 48, H/32 (+extra), W/32)
+        depths = range(N_POOLS - 1, -1, -1)
+        for depth, (conv_a, conv_b), skip in zip(depths, self.decoder, reversed(skips)):
+            rows = x.shape[2] >> depth  # the skip's true height, H / 2**depth
+            up = F.interpolate(h, scale_factor=2.0, mode="nearest")
+            # slicing costs nothing here (cat copies anyway) and drops any extra bottom rows
+            h = torch.cat([up[:, :, :rows], skip[:, :, :rows]], dim=1)
+            h = lrelu(conv_b(lrelu(conv_a(h))))
+        return h  # (N, 96, H (+extra), W)
+
+
+class UNet(nn.Module):
+    """The U-Net of METHODS.md §3: (N, in_channels, H, W) → (N, n_out, H, W), H, W multiples of 32.
+
+    Args:
+        n_out: output channels (3 for N2C/N2N/N2V, 9 for SSDN full covariance, 1 for noise level).
+        zero_init_last: zero the last layer's weights and bias (the noise-level network's rule).
+        in_channels: image channels.
+        rng: generator for the He-normal init; None uses torch's default generator.
+    """
+
+    def __init__(
+        self,
+        n_out: int = 3,
+        zero_init_last: bool = False,
+        in_channels: int = 3,
+        *,
+        rng: torch.Generator | None = None,
+    ):
+        super().__init__()
+        self.body = UNetBody(in_channels, conv3x3_same, max_pool2x2)
+        self.head = make_head([DEC_CH, DEC_CH, DEC_CH], n_out)
+        init_network_(self, self.head[-1], zero_init_last, rng)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_image_batch(x, "UNet")
+        return self.head(self.body(x))  # (N, n_out, H, W)

@@ -1,0 +1,1 @@
+"""Training: the learning-rate schedule, atomic checkpoints and the method-agnostic trainer."""

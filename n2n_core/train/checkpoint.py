@@ -1,0 +1,75 @@
+"""Atomic checkpoints: write to a temporary file, fsync, keep the previous one, then rename.
+
+A reader never sees a half-written file: `save_checkpoint` writes `name.tmp`, moves the current
+file to `name.prev` and renames the temporary file into place. `load_checkpoint` uses
+`torch.load(weights_only=True)` (no code is unpickled) and falls back to `name.prev` when the
+current file is damaged.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+
+FORMAT_VERSION = 1
+
+
+def atomic_write(path: Path, write, keep_previous: bool = False) -> None:
+    """Call write(tmp_path), fsync it and rename it onto `path`; no partial file ever survives.
+
+    With keep_previous, the file being replaced is kept as `path.prev` (the fallback of
+    load_checkpoint when the newest file turns out damaged).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        if keep_previous and path.exists():
+            os.replace(path, path.with_name(path.name + ".prev"))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Save a dict of tensors and plain values atomically, keeping the last good file as .prev."""
+    payload = {"format_version": FORMAT_VERSION, **state}
+    atomic_write(Path(path), lambda tmp: torch.save(payload, tmp), keep_previous=True)
+
+
+def _load_one(path: Path, map_location) -> dict:
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated zip, bad pickle, forbidden global: all "damaged"
+        raise CheckpointError(f"checkpoint {path} is damaged or not a checkpoint ({err})") from None
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} was written by another version of n2n-bench "
+            f"(format {state.get('format_version') if isinstance(state, dict) else '?'}, "
+            f"expected {FORMAT_VERSION}); retrain or use the matching release"
+        )
+    return state
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    """Load `path`; if it is damaged and `path.prev` is whole, warn and use that instead."""
+    path = Path(path)
+    previous = path.with_name(path.name + ".prev")
+    if not path.exists() and not previous.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; train first or check the path")
+    try:
+        return _load_one(path, map_location)
+    except CheckpointError as err:
+        if not previous.exists():
+            raise
+        warnings.warn(f"{err}; using the previous checkpoint {previous}", stacklevel=2)
+        return _load_one(previous, map_location)

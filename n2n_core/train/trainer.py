@@ -1,0 +1,186 @@
+"""The iteration loop for any Method; budgets are counted in images (METHODS.md §2).
+
+The trainer never asks which method it runs: it gets clean crops from the stream, asks the method
+for a training pair and a loss, and steps Adam under the sin²/cos⁴ schedule. Every random draw of
+a step comes from generators derived from (seed, purpose, step) and the crop stream is addressed
+by images seen, so a checkpoint needs only weights, optimizer, EMA and counters to resume exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+from ..data.train_stream import CropStream
+from ..errors import CheckpointError, N2NError
+from ..methods.base import Method, Rngs
+from ..seeding import derive_seed, make_generator
+from ..tracking import NullTracker, Tracker
+from .checkpoint import load_checkpoint, save_checkpoint
+from .schedule import lr_at
+
+
+class TrainingDiverged(N2NError):
+    """Too many consecutive steps with a non-finite gradient."""
+
+
+@dataclass
+class TrainState:
+    images_seen: int = 0
+    skipped_steps: int = 0
+    consecutive_skips: int = 0
+    seconds: float = 0.0  # training wall time, summed over resumed segments
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam(β1 0.9, β2 0.99, ε 1e-8) as in the paper (METHODS.md §2)."""
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), eps=1e-8)
+
+
+def grads_are_finite(model: nn.Module) -> bool:
+    """True when every parameter gradient is finite (one fused reduction, one host sync)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+
+class Trainer:
+    """Train `model` with `method` on crops from `stream` until the image budget is spent."""
+
+    def __init__(self, method: Method, stream: CropStream, cfg: TrainConfig, seed: int,
+                 device: torch.device, tracker: Tracker | None = None,
+                 validate: Callable[[nn.Module], float] | None = None,
+                 identity: str = "", meta: dict | None = None, progress: bool = True):
+        self.method, self.stream, self.cfg, self.seed = method, stream, cfg, seed
+        self.device = device
+        self.tracker = tracker or NullTracker()
+        self.validate = validate
+        self.identity = identity  # config hash: a checkpoint of another run is refused
+        self.meta = meta or {}  # plain values stored with every checkpoint (e.g. the config JSON)
+        self.progress = progress
+
+    def rngs(self, step: int) -> Rngs:
+        """Fresh generators for step `step` (noise drawn on the training device)."""
+        return Rngs(
+            noise=make_generator(derive_seed(self.seed, "noise", step), self.device),
+            method=make_generator(derive_seed(self.seed, "method", step), self.device),
+        )
+
+    def _autocast(self):
+        enabled = self.cfg.amp and self.method.amp_safe and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _state_dict(self, model, optimizer, ema, state: TrainState, finished: bool) -> dict:
+        return {
+            "identity": self.identity,
+            "meta": self.meta,
+            "images_seen": state.images_seen,
+            "skipped_steps": state.skipped_steps,
+            "consecutive_skips": state.consecutive_skips,
+            "seconds": state.seconds,
+            "finished": finished,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+        }
+
+    def _restore(self, path: Path, model, optimizer, ema) -> TrainState:
+        saved = load_checkpoint(path, map_location=self.device)
+        if self.identity and saved.get("identity") != self.identity:
+            raise CheckpointError(
+                f"checkpoint {path} belongs to another run (config {saved.get('identity')}, "
+                f"this run {self.identity}); use another --out folder or delete it"
+            )
+        try:
+            model.load_state_dict(saved["model"])
+            if ema is not None and saved["ema"] is not None:
+                ema.load_state_dict(saved["ema"])
+        except (RuntimeError, KeyError) as err:
+            raise CheckpointError(f"checkpoint {path} does not fit this method's network ({err})") from None
+        optimizer.load_state_dict(saved["optimizer"])
+        return TrainState(saved["images_seen"], saved["skipped_steps"],
+                          saved["consecutive_skips"], saved["seconds"])
+
+    def fit(self, model: nn.Module, checkpoint_path: Path | None = None) -> nn.Module:
+        """Train to the budget (resuming from checkpoint_path if it exists); return the eval model."""
+        model.to(self.device).train()
+        optimizer = make_optimizer(model, self.cfg)
+        ema = copy.deepcopy(model).eval().requires_grad_(False) if self.cfg.ema_decay else None
+        state = TrainState()
+        if checkpoint_path is not None and (Path(checkpoint_path).exists()
+                                            or Path(str(checkpoint_path) + ".prev").exists()):
+            state = self._restore(Path(checkpoint_path), model, optimizer, ema)
+        budget, batch = self.cfg.budget_images, self.cfg.batch_size
+        from tqdm import tqdm
+
+        bar = tqdm(total=budget, initial=state.images_seen, unit="img", disable=not self.progress,
+                   desc="train", dynamic_ncols=True, leave=False)
+        next_ckpt = (state.images_seen // self.cfg.checkpoint_every_images + 1) * self.cfg.checkpoint_every_images
+        next_val = (state.images_seen // self.cfg.validate_every_images + 1) * self.cfg.validate_every_images
+        started = time.perf_counter() - state.seconds
+        while state.images_seen < budget:
+            n = min(batch, budget - state.images_seen)
+            loss_value = self._step(model, optimizer, ema, state, n)
+            state.images_seen += n
+            state.seconds = time.perf_counter() - started
+            bar.update(n)
+            bar.set_postfix(loss=f"{loss_value:.4g}", refresh=False)
+            if state.images_seen % (batch * 10) == 0 or state.images_seen >= budget:
+                self.tracker.log_metrics(
+                    {"train_loss": loss_value, "lr": optimizer.param_groups[0]["lr"],
+                     "skipped_steps": state.skipped_steps,
+                     "images_per_s": state.images_seen / max(state.seconds, 1e-9)},
+                    step=state.images_seen,
+                )
+            if self.validate is not None and (state.images_seen >= next_val or state.images_seen >= budget):
+                next_val += self.cfg.validate_every_images
+                paused = time.perf_counter()
+                self.tracker.log_metrics({"val_psnr": self.validate(ema or model),
+                                          "train_seconds": state.seconds}, step=state.images_seen)
+                started += time.perf_counter() - paused  # train_seconds counts training only
+            if checkpoint_path is not None and (state.images_seen >= next_ckpt or state.images_seen >= budget):
+                next_ckpt += self.cfg.checkpoint_every_images
+                paused = time.perf_counter()
+                save_checkpoint(self._state_dict(model, optimizer, ema, state,
+                                                 finished=state.images_seen >= budget), checkpoint_path)
+                started += time.perf_counter() - paused
+        bar.close()
+        self.final_state = state
+        return (ema or model).eval()
+
+    def _step(self, model, optimizer, ema, state: TrainState, n: int) -> float:
+        """One optimizer step on n images; a step with any non-finite gradient is skipped entirely."""
+        step = state.images_seen // self.cfg.batch_size
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(state.images_seen, self.cfg.budget_images, self.cfg.lr,
+                                self.cfg.ramp_up, self.cfg.ramp_down)
+        clean = self.stream.batch(state.images_seen, n).to(self.device, non_blocking=True)
+        pair = self.method.training_pair(clean, self.rngs(step))
+        optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            out = self.method.loss(model, pair)
+        out.loss.backward()
+        if not grads_are_finite(model):
+            state.skipped_steps += 1
+            state.consecutive_skips += 1
+            if state.consecutive_skips >= self.cfg.max_consecutive_skips:
+                raise TrainingDiverged(
+                    f"{state.consecutive_skips} consecutive steps had a non-finite gradient at "
+                    f"{state.images_seen} images; lower train.lr or check the data"
+                )
+            return float("nan")
+        state.consecutive_skips = 0
+        optimizer.step()
+        if ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()),
+                                     1.0 - self.cfg.ema_decay)
+        return float(out.loss.detach())
