@@ -1,0 +1,193 @@
+"""`n2n-bench grid`: expand the method variants for a noise style, run each job, log to MLflow.
+
+One parent MLflow run per grid, one nested child run per job. A job whose resolved configuration
+hash already has a FINISHED run is skipped; an interrupted one resumes from its checkpoint in
+`runs/<hash>`; a failing one is marked FAILED and the grid goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from n2n_core.config import ExperimentConfig, load_toml
+from n2n_core.data.images import default_data_dir
+from n2n_core.data.sets import resolve_set
+from n2n_core.device import resolve_device
+from n2n_core.errors import N2NError
+from n2n_core.noise import parse_style
+
+from . import experiment
+from .mlflow_tracker import PROJECT_ROOT, MlflowTracker, open_store
+
+GRID_FILE = experiment.CONFIG_DIR / "grid.toml"
+
+
+@dataclass
+class Job:
+    variant: str
+    config: ExperimentConfig
+
+
+@dataclass
+class GridOutcome:
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    not_applicable: dict[str, str] = field(default_factory=dict)
+
+
+def expand(noise: str, profile: str, methods: list[str] | None = None,
+           overrides: list[str] = ()) -> tuple[list[Job], dict[str, str]]:
+    """Jobs of the grid valid for `noise`, and the variants left out with the reason."""
+    variants: dict = load_toml(GRID_FILE)["variants"]
+    if methods:
+        unknown = [m for m in methods if m not in variants]
+        if unknown:
+            raise N2NError(f"unknown grid variant(s) {', '.join(unknown)}; expected: {', '.join(variants)}")
+        variants = {k: v for k, v in variants.items() if k in methods}
+    variable = parse_style(noise).variable
+    jobs, left_out = [], {}
+    for name, rule in variants.items():
+        levels = rule.get("levels")
+        if levels and (levels == "variable") != variable:
+            left_out[name] = f"paired with {levels}-level styles only"
+            continue
+        try:
+            jobs.append(Job(name, experiment.compose_config(profile, name, noise, overrides)))
+        except N2NError as err:
+            left_out[name] = str(err)
+        except ValueError as err:  # pydantic validation: the method refuses this noise
+            left_out[name] = str(err).splitlines()[-1].strip()
+    return jobs, left_out
+
+
+def default_profile() -> str:
+    """quick on a CPU-only machine; reproduction where CUDA is available (README says so)."""
+    return "reproduction" if torch.cuda.is_available() else "quick"
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def data_digest(cfg: ExperimentConfig, data_dir: Path) -> str:
+    """sha256 over the (sorted) file hashes or names of every set the job reads."""
+    digest = hashlib.sha256()
+    for name in sorted({cfg.train.train_set, cfg.train.validation_set, *cfg.eval.sets}):
+        image_set = resolve_set(name, data_dir)
+        for path, sha in zip(image_set.paths, image_set.sha256):
+            digest.update(f"{name}:{path.name}:{sha}".encode())
+    return digest.hexdigest()
+
+
+def job_tags(job: Job, data_dir: Path) -> dict[str, str]:
+    cfg = job.config
+    try:
+        import bm3d
+
+        bm3d_version = getattr(bm3d, "__version__", "unknown")
+    except Exception:
+        bm3d_version = "missing"
+    return {
+        "method": cfg.method.name, "variant": job.variant, "noise": cfg.noise,
+        "profile": cfg.profile, "config_hash": cfg.config_hash(), "git_commit": _git_commit(),
+        "torch_version": torch.__version__, "numpy_version": np.__version__,
+        "bm3d_version": bm3d_version, "python_version": platform.python_version(),
+        "device": str(resolve_device(cfg.train.device)), "data_sha256": data_digest(cfg, data_dir),
+    }
+
+
+def finished_run(client, experiment_id: str, config_hash: str):
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def run_grid(noise: str, profile: str, methods: list[str] | None = None, overrides: list[str] = (),
+             tracking_uri: str | None = None, runs_root: Path | None = None,
+             data_dir: Path | None = None, progress: bool = True) -> GridOutcome:
+    """Run every job of the grid; never stops at a failing job."""
+    data_dir = data_dir or default_data_dir()
+    runs_root = runs_root or PROJECT_ROOT / "runs"
+    client, experiment_id = open_store(tracking_uri)  # before any compute: unreachable → one error
+    jobs, left_out = expand(noise, profile, methods, overrides)
+    outcome = GridOutcome(not_applicable=left_out)
+    parent = client.create_run(experiment_id, run_name=f"grid {noise} {profile}",
+                               tags={"grid": "1", "noise": parse_style(noise).style, "profile": profile,
+                                     "git_commit": _git_commit()})
+    parent_id = parent.info.run_id
+    started = time.time()
+    bar = tqdm(jobs, desc=f"grid {noise} {profile}", unit="job", disable=not progress, position=0)
+    for job in bar:
+        bar.set_postfix(job=job.variant, refresh=True)
+        if finished_run(client, experiment_id, job.config.config_hash()) is not None:
+            outcome.skipped.append(job.variant)
+            continue
+        try:
+            run_job(client, experiment_id, parent_id, job, runs_root, data_dir, progress)
+            outcome.ran.append(job.variant)
+        except KeyboardInterrupt:
+            client.set_terminated(parent_id, "KILLED")
+            raise
+        except Exception as err:  # one broken job must not sink the grid
+            outcome.failed[job.variant] = f"{type(err).__name__}: {err}"
+    bar.close()
+    client.log_metric(parent_id, "grid_wall_seconds", time.time() - started)
+    client.set_terminated(parent_id, "FAILED" if outcome.failed else "FINISHED")
+    return outcome
+
+
+def run_job(client, experiment_id: str, parent_id: str, job: Job, runs_root: Path,
+            data_dir: Path, progress: bool) -> None:
+    """Train and score one job inside its own child run; mark the run FAILED on any error."""
+    cfg = job.config
+    tags = {"mlflow.parentRunId": parent_id, **job_tags(job, data_dir)}
+    run = client.create_run(experiment_id, run_name=f"{job.variant} {cfg.noise}", tags=tags)
+    tracker = MlflowTracker(client, run.info.run_id)
+    try:
+        tracker.log_params(cfg.flat())
+        out_dir = runs_root / f"{job.variant}-{cfg.noise}-{cfg.profile}-{cfg.config_hash()}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        started = time.time()
+        result = experiment.train(cfg, out_dir, tracker=tracker, data_dir=data_dir, progress=progress)
+        tracker.flush()
+        scores = experiment.score_all(result, out_dir, data_dir, progress=progress)
+        for name, evaluation in scores.items():
+            tracker.log_metrics({f"psnr_{name}": evaluation.psnr_mean,
+                                 f"n_evaluations_{name}": evaluation.n_evaluations}, step=result.images_seen)
+        tracker.log_metrics({"train_seconds": result.seconds, "job_seconds": time.time() - started,
+                             "images_seen": result.images_seen,
+                             "skipped_steps_total": result.skipped_steps}, step=result.images_seen)
+        tracker.flush()
+        for path in sorted(out_dir.glob("*")):
+            if path.is_file() and not path.name.endswith((".tmp", ".prev")):
+                tracker.log_artifact(path)
+        if tracker.failed_writes:
+            client.set_tag(run.info.run_id, "unlogged_metrics", str(tracker.failed_writes))
+        client.set_terminated(run.info.run_id, "FINISHED")
+    except BaseException as err:
+        try:
+            client.set_tag(run.info.run_id, "error", f"{type(err).__name__}: {err}"[:5000])
+            client.set_tag(run.info.run_id, "traceback", traceback.format_exc()[-5000:])
+            client.set_terminated(run.info.run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        except Exception:
+            print(f"could not mark run {run.info.run_id} failed in MLflow", file=sys.stderr)
+        raise

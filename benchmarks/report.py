@@ -1,0 +1,180 @@
+"""`n2n-bench report`: rebuild results/ (tables and figures) from MLflow alone.
+
+For each (noise, profile) with finished runs: a table in Markdown, LaTeX and CSV (rows = method
+variants in grid order, columns = evaluation sets; ours beside the published number and Δ when
+baselines/ has one) with a caption stating the profile, plus figures: validation PSNR against
+images seen and against wall-clock seconds, per-image PSNR differences against N2C with a bootstrap
+95% interval, and a crop grid. Output is deterministic for a given store.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from n2n_core.config import load_toml
+from n2n_core.train.checkpoint import atomic_write
+
+from .mlflow_tracker import PROJECT_ROOT, open_store
+
+BASELINES = PROJECT_ROOT / "baselines" / "published.csv"
+GRID_FILE = Path(__file__).resolve().parent / "configs" / "grid.toml"
+SET_ORDER = ["kodak24", "bsd300", "set14", "small32"]
+README_MARK = "<!-- results:{noise}:{profile} -->"
+
+
+@dataclass
+class JobRun:
+    run_id: str
+    variant: str
+    noise: str
+    profile: str
+    params: dict
+    metrics: dict
+    tags: dict
+    end_time: int
+
+
+def finished_job_runs(client, experiment_id) -> list[JobRun]:
+    """The newest FINISHED child run per (variant, noise, profile, config hash)."""
+    runs = client.search_runs([experiment_id], filter_string="attributes.status = 'FINISHED'",
+                              max_results=50000, order_by=["attributes.end_time DESC"])
+    newest: dict[tuple, JobRun] = {}
+    for run in runs:
+        tags = run.data.tags
+        if "variant" not in tags:
+            continue  # grid parent runs
+        key = (tags["variant"], tags["noise"], tags["profile"], tags.get("config_hash"))
+        if key not in newest:
+            newest[key] = JobRun(run.info.run_id, tags["variant"], tags["noise"], tags["profile"],
+                                 dict(run.data.params), dict(run.data.metrics), dict(tags),
+                                 run.info.end_time or 0)
+    return list(newest.values())
+
+
+def variant_order() -> list[str]:
+    return list(load_toml(GRID_FILE)["variants"])
+
+
+def load_baselines() -> pd.DataFrame:
+    table = pd.read_csv(BASELINES)
+    return table.drop_duplicates(["variant", "noise", "dataset"], keep="first")
+
+
+def build_table(runs: list[JobRun], noise: str) -> pd.DataFrame:
+    """One row per variant: ours, published, Δ and the published number's convention per set."""
+    order = variant_order()
+    sets = [s for s in SET_ORDER if any(f"psnr_{s}" in r.metrics for r in runs)]
+    sets += sorted({k[5:] for r in runs for k in r.metrics if k.startswith("psnr_")} - set(sets))
+    published = load_baselines()
+    published = published[published.noise == noise].set_index(["variant", "dataset"])
+    rows = []
+    for run in sorted(runs, key=lambda r: (order.index(r.variant) if r.variant in order else 99, r.variant)):
+        row = {"variant": run.variant}
+        for name in sets:
+            ours = run.metrics.get(f"psnr_{name}")
+            row[f"{name}"] = ours
+            if (run.variant, name) in published.index:
+                pub = published.loc[(run.variant, name)]
+                row[f"{name}_published"] = float(pub.psnr)
+                row[f"{name}_published_convention"] = pub.convention
+                row[f"{name}_delta"] = None if ours is None else ours - float(pub.psnr)
+        rows.append(row)
+    return pd.DataFrame(rows), sets
+
+
+def caption(runs: list[JobRun], noise: str, profile: str, sets: list[str]) -> str:
+    params = next((r.params for r in runs if r.params.get("train.budget_images")), runs[0].params)
+    repeats = ", ".join(f"{s} ×{params.get(f'eval.repeats.{s}', 1)}" for s in sets)
+    crop = params.get("eval.center_crop")
+    crop_note = f"; central {crop}² crops of the first {params.get('eval.max_images')} images" if crop not in (None, "None") else ""
+    devices = sorted({r.tags.get("device", "?") for r in runs})
+    wall = sum(r.metrics.get("job_seconds", 0.0) for r in runs)
+    return (
+        f"PSNR (dB) for {noise}, profile '{profile}': training budget {params.get('train.budget_images')} images "
+        f"of {params.get('train.patch_size')}² crops from {params.get('train.train_set')} (batch "
+        f"{params.get('train.batch_size')}); evaluations per image: {repeats}{crop_note}; PSNR on "
+        f"uint8-quantised images (METHODS.md §8); device {', '.join(devices)}; total job wall time "
+        f"{wall / 60:.1f} min. Published numbers from baselines/published.csv (first source per cell); "
+        f"a number marked (float) was measured on unquantised floats and is not directly comparable."
+    )
+
+
+def _fmt(value, digits=2) -> str:
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _cell(row: pd.Series, name: str) -> str:
+    ours = _fmt(row.get(name))
+    pub = row.get(f"{name}_published")
+    if pub is None or (isinstance(pub, float) and np.isnan(pub)):
+        return ours
+    flag = " (float)" if row.get(f"{name}_published_convention") == "float" else ""
+    delta = row.get(f"{name}_delta")
+    return f"{ours} ({_fmt(pub)}{flag}, Δ {'+' if delta >= 0 else ''}{_fmt(delta)})" if delta is not None and not np.isnan(delta) else ours
+
+
+def to_markdown(table: pd.DataFrame, sets: list[str], text: str) -> str:
+    head = "| method | " + " | ".join(f"{s} ours (published, Δ)" for s in sets) + " |"
+    lines = [head, "|---|" + "---|" * len(sets)]
+    for _, row in table.iterrows():
+        lines.append(f"| {row['variant']} | " + " | ".join(_cell(row, s) for s in sets) + " |")
+    return "\n".join(lines) + f"\n\n{text}\n"
+
+
+def to_latex(table: pd.DataFrame, sets: list[str], text: str) -> str:
+    def esc(s: str) -> str:
+        return s.replace("_", r"\_").replace("%", r"\%").replace("Δ", r"$\Delta$").replace("×", r"$\times$").replace("²", r"$^2$").replace("§", r"\S")
+
+    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "r" * len(sets) + "}", r"\toprule",
+             "method & " + " & ".join(esc(s) for s in sets) + r" \\", r"\midrule"]
+    for _, row in table.iterrows():
+        lines.append(esc(row["variant"]) + " & " + " & ".join(esc(_cell(row, s)) for s in sets) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{esc(text)}}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def _write_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+    return path
+
+
+def build_report(tracking_uri: str | None, out: Path, readme: Path | None = PROJECT_ROOT / "README.md") -> list[Path]:
+    """Write every table and figure for every (noise, profile) in the store; return the files."""
+    client, experiment_id = open_store(tracking_uri)
+    groups: dict[tuple[str, str], list[JobRun]] = defaultdict(list)
+    for run in finished_job_runs(client, experiment_id):
+        groups[(run.noise, run.profile)].append(run)
+    written: list[Path] = []
+    for (noise, profile), runs in sorted(groups.items()):
+        table, sets = build_table(runs, noise)
+        text = caption(runs, noise, profile, sets)
+        stem = out / f"psnr-{noise}-{profile}"
+        markdown = to_markdown(table, sets, text)
+        written.append(_write_text(stem.with_suffix(".md"), markdown))
+        written.append(_write_text(stem.with_suffix(".tex"), to_latex(table, sets, text)))
+        written.append(_write_text(stem.with_suffix(".csv"), table.to_csv(index=False, float_format="%.4f")))
+        from . import figures
+
+        written += figures.all_figures(client, runs, noise, profile, sets, out / "figures")
+        if readme is not None and readme.exists():
+            update_readme(readme, noise, profile, markdown)
+    return written
+
+
+def update_readme(readme: Path, noise: str, profile: str, markdown: str) -> None:
+    """Replace the block between the README's marker pair for (noise, profile), if it has one."""
+    mark = README_MARK.format(noise=noise, profile=profile)
+    text = readme.read_text()
+    pattern = re.compile(re.escape(mark) + r".*?" + re.escape(mark.replace("<!-- ", "<!-- /")), re.S)
+    if not pattern.search(text):
+        return
+    block = f"{mark}\n{markdown}\n{mark.replace('<!-- ', '<!-- /')}"
+    atomic_write(readme, lambda tmp: tmp.write_text(pattern.sub(lambda _: block, text)))
