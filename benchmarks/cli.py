@@ -124,13 +124,15 @@ def grid(
     data_dir: Optional[Path] = typer.Option(None, help="data directory (default $N2N_DATA)"),
     report: bool = typer.Option(True, help="rebuild results/ from MLflow afterwards"),
     out: Path = typer.Option(Path("results"), help="report folder"),
+    runs_dir: Optional[Path] = typer.Option(None, help="checkpoints and per-job files (default runs/)"),
 ) -> None:
     """Train and score every method variant valid for a noise style; log every run to MLflow."""
     from benchmarks.grid import default_profile, run_grid
 
     profile = profile or default_profile()
     chosen = [m.strip() for m in methods.split(",")] if methods else None
-    outcome = run_grid(noise, profile, chosen, overrides, tracking_uri, data_dir=_data_dir(data_dir))
+    outcome = run_grid(noise, profile, chosen, overrides, tracking_uri, runs_root=runs_dir,
+                       data_dir=_data_dir(data_dir))
     for name, why in outcome.not_applicable.items():
         typer.echo(f"not applicable: {name} ({why})", err=True)
     typer.echo(f"grid {noise} {profile}: {len(outcome.ran)} ran, {len(outcome.skipped)} already finished, "

@@ -1,0 +1,168 @@
+"""The grid runner against real MLflow stores: embedded SQLite and an `mlflow server` over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks.grid import run_grid
+from benchmarks.mlflow_tracker import TrackingError, open_store
+from benchmarks.report import build_report
+
+TINY = [
+    "train.budget_images=8", "train.patch_size=32", "train.batch_size=4",
+    "train.validation_images=1", "train.validate_every_images=4", "train.checkpoint_every_images=4",
+    "eval.max_images=1", "eval.center_crop=64",
+]
+BIN = Path(sys.executable).parent
+
+
+def _child_runs(client, experiment_id):
+    runs = client.search_runs([experiment_id], max_results=1000)
+    return [r for r in runs if "variant" in r.data.tags]
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_sqlite_grid_logs_runs_skips_finished_and_report_is_reproducible(tmp_path, data_dir):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    outcome = run_grid("gaussian25", "smoke", ["noisy", "n2c"], TINY, uri, runs_root=tmp_path / "runs",
+                       data_dir=data_dir, progress=False)
+    assert outcome.ran == ["noisy", "n2c"] and not outcome.failed
+    client, experiment_id = open_store(uri)
+    runs = {r.data.tags["variant"]: r for r in _child_runs(client, experiment_id)}
+    n2c = runs["n2c"]
+    assert n2c.info.status == "FINISHED"
+    assert n2c.data.params["train.budget_images"] == "8" and n2c.data.params["method.name"] == "n2c"
+    for tag in ("method", "noise", "profile", "git_commit", "torch_version", "numpy_version",
+                "bm3d_version", "device", "data_sha256", "config_hash", "mlflow.parentRunId"):
+        assert tag in n2c.data.tags, tag
+    assert 0 < n2c.data.metrics["psnr_kodak24"] < 60
+    losses = client.get_metric_history(n2c.info.run_id, "train_loss")
+    assert [m.step for m in losses] == sorted(m.step for m in losses) and losses[-1].step == 8
+    assert client.get_metric_history(n2c.info.run_id, "val_psnr")
+    artifacts = {a.path for a in client.list_artifacts(n2c.info.run_id)}
+    assert {"config.json", "checkpoint.pt", "psnr-kodak24.csv", "crop-kodak24-denoised.png"} <= artifacts
+
+    again = run_grid("gaussian25", "smoke", ["noisy", "n2c"], TINY, uri, runs_root=tmp_path / "runs",
+                     data_dir=data_dir, progress=False)
+    assert again.ran == [] and again.skipped == ["noisy", "n2c"]
+
+    first = build_report(uri, tmp_path / "results", readme=None)
+    table = (tmp_path / "results" / "psnr-gaussian25-smoke.md").read_text()
+    assert "| n2c |" in table and "| noisy |" in table and "profile 'smoke'" in table
+    assert f"{n2c.data.metrics['psnr_kodak24']:.2f}" in table
+    snapshot = _digest(tmp_path / "results")
+    build_report(uri, tmp_path / "results", readme=None)
+    assert _digest(tmp_path / "results") == snapshot and len(first) >= 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    import urllib.request
+
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail("mlflow server exited at start")
+            time.sleep(1)
+    else:
+        pytest.fail("mlflow server did not start within 120 s")
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def test_grid_logs_to_a_real_mlflow_server_over_http(tmp_path, data_dir, mlflow_server):
+    outcome = run_grid("gaussian25", "smoke", ["noisy", "n2n"], TINY, mlflow_server,
+                       runs_root=tmp_path / "runs", data_dir=data_dir, progress=False)
+    assert not outcome.failed
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server)  # read back through a fresh HTTP client
+    experiment = client.get_experiment_by_name("n2n-bench")
+    runs = {r.data.tags["variant"]: r for r in _child_runs(client, experiment.experiment_id)}
+    assert set(runs) == {"noisy", "n2n"}
+    assert runs["n2n"].data.metrics["psnr_kodak24"] > 0
+    assert "checkpoint.pt" in {a.path for a in client.list_artifacts(runs["n2n"].info.run_id)}
+
+
+def test_unreachable_or_malformed_tracking_uri_fails_before_compute():
+    started = time.time()
+    with pytest.raises(TrackingError, match="unreachable"):
+        open_store(f"http://127.0.0.1:{_free_port()}")
+    assert time.time() - started < 60
+    with pytest.raises(TrackingError, match="malformed"):
+        open_store("htp:/nowhere")
+
+
+def test_grid_killed_mid_job_resumes_and_matches_an_uninterrupted_run(tmp_path, data_dir):
+    cli = [str(BIN / "n2n-bench"), "grid", "--noise", "gaussian25", "--profile", "smoke",
+           "--methods", "n2c", "--no-report"]
+    slow = [*TINY, "train.budget_images=24"]
+    args = [a for s in slow for a in ("--set", s)]
+    env = {**os.environ, "N2N_DATA": str(data_dir)}
+
+    def run(name, kill_after_checkpoint=False):
+        command = cli + args + ["--tracking-uri", f"sqlite:///{tmp_path / name}.db",
+                                "--runs-dir", str(tmp_path / name)]
+        if not kill_after_checkpoint:
+            return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while time.time() < deadline and not list((tmp_path / name).glob("*/checkpoint.pt")):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return None
+
+    run("killed", kill_after_checkpoint=True)
+    checkpoint = next((tmp_path / "killed").glob("*/checkpoint.pt"))
+    import torch
+
+    assert torch.load(checkpoint, weights_only=True)["images_seen"] < 24
+    resumed = run("killed")
+    assert resumed.returncode == 0, resumed.stderr
+    clean = run("clean")
+    assert clean.returncode == 0, clean.stderr
+
+    def final(name):
+        client, experiment_id = open_store(f"sqlite:///{tmp_path / name}.db")
+        done = [r for r in _child_runs(client, experiment_id) if r.info.status == "FINISHED"]
+        assert len(done) == 1
+        return done[0].data.metrics["psnr_kodak24"], torch.load(
+            next((tmp_path / name).glob("*/checkpoint.pt")), weights_only=True)["model"]
+
+    psnr_resumed, weights_resumed = final("killed")
+    psnr_clean, weights_clean = final("clean")
+    assert psnr_resumed == psnr_clean
+    assert all(torch.equal(weights_resumed[k], weights_clean[k]) for k in weights_clean)
