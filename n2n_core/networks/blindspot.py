@@ -5,12 +5,11 @@ rows above; a final one-row shift makes each pixel see strictly the rows above i
 rotations turns the four half-planes into up/left/down/right, whose union is every pixel but the
 centre, so the output at a pixel does not depend on the input at that pixel.
 
-Implementation: the spec's "pad a zero row on top, convolve same, drop the last row" needs a padded
-copy of every conv input (measured ≈10% of the conv's own time on CPU). Instead each 3×3 conv
-pads 2 rows top *and* bottom (native, copy-free conv padding) and keeps the 2 extra rows it
-produces at the bottom. Every layer here looks only upward (conv: rows i-2..i; pool: rows 2j-1,
-2j; nearest upsample: row i//2), so the extra bottom rows never reach a true row; the body drops
-them at each concatenation and `features` at the end. The cost is a few percent more conv rows.
+Implementation: the spec's "pad a zero row on top, convolve same, drop the last row" is done as one
+pad (2 rows top, 1 column each side) and a valid convolution: the same numbers, one copy instead of
+pad + crop, and no wasted row. Keeping conv padding (2, 1) and carrying 2 junk rows at the bottom
+instead avoids even that copy, but measured 2× slower training steps on CPU: oneDNN's backward is
+slow for padding ≥ 2 on a 3×3 kernel, while the pad copy costs only a few percent of the forward.
 """
 
 from __future__ import annotations
@@ -25,24 +24,30 @@ from .unet import DEC_CH, UNetBody, check_image_batch, init_network_, make_head
 N_VIEWS = 4  # rotations by 0°, 90°, 180°, 270°
 
 
-def upward_conv3x3(in_ch: int, out_ch: int) -> nn.Conv2d:
-    """3×3 conv whose output row i sees input rows i-2..i (§4 step 2); 2 extra rows at the bottom.
+class UpwardConv2d(nn.Conv2d):
+    """3×3 conv whose output row i sees input rows i-2, i-1, i only (METHODS.md §4 step 2)."""
 
-    Rows 0..H-1 of its output equal the spec's pad-top/conv-same/drop-last; rows H, H+1 are
-    junk that only later rows can see. Left uninitialised (`init_network_` fills it).
-    """
-    return skip_init(nn.Conv2d, in_ch, out_ch, 3, padding=(2, 1))
+    def __init__(self, in_ch: int, out_ch: int, device=None, dtype=None):
+        super().__init__(in_ch, out_ch, 3, padding=0, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # = conv_same(pad_top_1(x))[..., :-1, :], with one copy instead of two
+        return super().forward(F.pad(x, (1, 1, 2, 0)))
+
+
+def upward_conv3x3(in_ch: int, out_ch: int) -> nn.Conv2d:
+    """An `UpwardConv2d` left uninitialised (`init_network_` fills it)."""
+    return skip_init(UpwardConv2d, in_ch, out_ch)
+
+
+def shift_down(x: Tensor) -> Tensor:
+    """Rows one down: a zero row on top, the last row dropped; one pad, negative at the end."""
+    return F.pad(x, (0, 0, 1, -1))
 
 
 def upward_max_pool2x2(x: Tensor) -> Tensor:
-    """2×2 max-pool after a one-row downward shift (§4 step 3): coarse row j sees rows 2j-1, 2j.
-
-    max_pool2d's own row padding does the shift without a copy; it pads with -inf, so row 0 is
-    clamped at 0 to match the zero row the spec shifts in. May return one extra row at the bottom.
-    """
-    pooled = F.max_pool2d(x, 2, padding=(1, 0))
-    pooled[:, :, 0].clamp_(min=0.0)  # max(0, x[0]) per window; the pool's backward keeps indices
-    return pooled
+    """2×2 max-pool after a one-row downward shift: coarse row j sees rows ≤ 2j (§4 step 3)."""
+    return F.max_pool2d(shift_down(x), 2)
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:
@@ -63,7 +68,7 @@ def stack_rotations(x: Tensor) -> Tensor:
 
 
 def unstack_rotations(h: Tensor) -> Tensor:
-    """(4N, C, S, S) → (N, 4C, S, S): batch block k rotated back by -k·90° into channel block k."""
+    """(4N, C, S, S) → (N, 4C, S, S): batch block k, rotated by -k·90°, into channel block k."""
     n, c = h.shape[0] // N_VIEWS, h.shape[1]
     out = torch.empty((n, N_VIEWS * c, *h.shape[2:]), dtype=h.dtype, device=h.device,
                       memory_format=_memory_format(h))
@@ -96,7 +101,7 @@ class BlindSpotUNet(nn.Module):
         init_network_(self, self.head[-1], zero_init_last, rng)
 
     def features(self, x: Tensor) -> Tensor:
-        """The head's input, (N, 384, S, S): channel block k comes from the view rotated by k·90°."""
+        """The head's input, (N, 384, S, S); channel block k is from the view rotated by k·90°."""
         check_image_batch(x, "BlindSpotUNet")
         size = x.shape[-1]
         if x.shape[-2] != size:
@@ -104,10 +109,8 @@ class BlindSpotUNet(nn.Module):
                 f"BlindSpotUNet needs square inputs (it stacks 90° rotations along the batch), "
                 f"got {x.shape[-2]}×{size}; crop to a square or denoise in square tiles"
             )
-        views = self.body(stack_rotations(x))  # (4N, 96, S + extra, S), row i sees rows ≤ i
-        # one row down, extra rows dropped, in one pad: row i now sees rows < i only (§4 step 4)
-        views = F.pad(views, (0, 0, 1, size - 1 - views.shape[2]))  # (4N, 96, S, S)
-        return unstack_rotations(views)
+        views = self.body(stack_rotations(x))  # (4N, 96, S, S), row i sees rows ≤ i
+        return unstack_rotations(shift_down(views))  # row i now sees rows < i only (§4 step 4)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))  # (N, n_out, S, S)

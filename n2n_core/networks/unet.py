@@ -2,7 +2,7 @@
 
 `UNetBody` (encoder and decoder up to conv1b) takes its 3×3 convolution and its pooling as
 arguments, so the blind-spot network of §4 (blindspot.py) reuses it with upward-looking versions of
-both. Those may hand back extra rows at the bottom; the body drops them at each concatenation.
+both.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def init_network_(
 
 
 def make_head(widths: Sequence[int], n_out: int) -> nn.Sequential:
-    """1×1 convs widths[0] → … → widths[-1] → n_out, LeakyReLU after all but the last (linear)."""
+    """1×1 convs widths[0] → … → widths[-1] → n_out; LeakyReLU after all but the (linear) last."""
     layers: list[nn.Module] = []
     for in_ch, out_ch in zip(widths[:-1], widths[1:]):
         layers += [conv1x1(in_ch, out_ch), nn.LeakyReLU(LRELU_SLOPE, inplace=True)]
@@ -92,7 +92,7 @@ def check_image_batch(x: Tensor, net: str) -> None:
 
 
 class UNetBody(nn.Module):
-    """Encoder and decoder of METHODS.md §3 up to conv1b: (N, C, H, W) → (N, 96, H(+extra), W)."""
+    """Encoder and decoder of METHODS.md §3 up to conv1b: (N, C, H, W) → (N, 96, H, W)."""
 
     def __init__(self, in_channels: int, conv3x3: Conv3x3Factory, pool: Pool):
         super().__init__()
@@ -112,19 +112,15 @@ class UNetBody(nn.Module):
         for conv in pooled_convs:  # conv2..conv5
             skips.append(h)
             h = self.pool(lrelu(conv(h)))
-        h = lrelu(conv6(h))  # (N, 48, H/32 (+extra), W/32)
-        depths = range(N_POOLS - 1, -1, -1)
-        for depth, (conv_a, conv_b), skip in zip(depths, self.decoder, reversed(skips)):
-            rows = x.shape[2] >> depth  # the skip's true height, H / 2**depth
-            up = F.interpolate(h, scale_factor=2.0, mode="nearest")
-            # slicing costs nothing here (cat copies anyway) and drops any extra bottom rows
-            h = torch.cat([up[:, :, :rows], skip[:, :, :rows]], dim=1)
+        h = lrelu(conv6(h))  # (N, 48, H/32, W/32)
+        for (conv_a, conv_b), skip in zip(self.decoder, reversed(skips)):
+            h = torch.cat([F.interpolate(h, scale_factor=2.0, mode="nearest"), skip], dim=1)
             h = lrelu(conv_b(lrelu(conv_a(h))))
-        return h  # (N, 96, H (+extra), W)
+        return h  # (N, 96, H, W)
 
 
 class UNet(nn.Module):
-    """The U-Net of METHODS.md §3: (N, in_channels, H, W) → (N, n_out, H, W), H, W multiples of 32.
+    """The U-Net of METHODS.md §3: (N, in_channels, H, W) → (N, n_out, H, W), 32 divides H and W.
 
     Args:
         n_out: output channels (3 for N2C/N2N/N2V, 9 for SSDN full covariance, 1 for noise level).
