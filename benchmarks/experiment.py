@@ -123,15 +123,22 @@ def train(cfg: ExperimentConfig, out_dir: Path, tracker: Tracker | None = None,
     if not method.trainable:
         return TrainResult(None, 0, 0, 0.0, None, method, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    checkpoint = out_dir / "checkpoint.pt"
+    config_file, config_text = out_dir / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2)
+    # a folder holding a checkpoint may belong to another run (fit() refuses it): its config.json
+    # is only rewritten once fit() has accepted the checkpoint as this run's
+    fresh = not (checkpoint.exists() or checkpoint.with_name(checkpoint.name + ".prev").exists())
+    if fresh:
+        config_file.write_text(config_text)
     model = method.build_model(make_generator(derive_seed(cfg.seed, "init")))
     stream = CropStream(resolve_set(cfg.train.train_set, data_dir).load(), cfg.train.patch_size, cfg.seed)
     trainer = Trainer(method, stream, cfg.train, cfg.seed, device, tracker or NullTracker(),
                       validate=_validation(method, cfg, device, data_dir),
                       identity=cfg.config_hash(), meta={"config": cfg.canonical_json()},
                       progress=progress)
-    checkpoint = out_dir / "checkpoint.pt"
     eval_model = trainer.fit(model, checkpoint)
+    if not fresh:
+        config_file.write_text(config_text)
     state = trainer.final_state
     return TrainResult(checkpoint, state.images_seen, state.skipped_steps, state.seconds,
                        eval_model, method, cfg)
