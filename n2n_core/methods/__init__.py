@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..errors import ConfigError
 from ..noise import NoiseModel
 from .base import LossOutput, Method, MethodConfigBase, Rngs, TrainingPair
+from .cbm3d import CBM3D, CBM3DConfig
 from .n2c import N2C, N2CConfig
 from .n2n import N2N, N2NConfig
 from .n2v import N2V, N2VConfig
@@ -18,6 +19,7 @@ METHODS: dict[str, tuple[type[MethodConfigBase], type[Method]]] = {
     "n2v": (N2VConfig, N2V),
     "ssdn": (SSDNConfig, SSDN),
     "ssdn-mu": (SSDNMuConfig, SSDNMu),
+    "cbm3d": (CBM3DConfig, CBM3D),
 }
 
 
