@@ -49,7 +49,11 @@ class LossOutput:
 
 
 class Method:
-    """Base class with the defaults; subclasses override what differs."""
+    """Base class with the defaults; subclasses override what differs.
+
+    Optional hook: `make_optimizer(model, train_cfg)` returns the optimizer the trainer steps
+    (the scratch network's own SGD); without it the trainer uses Adam (METHODS.md §2).
+    """
 
     trainable: ClassVar[bool] = True
     amp_safe: ClassVar[bool] = True  # False where float64 math must not be autocast
