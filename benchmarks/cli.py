@@ -55,7 +55,7 @@ def _data_dir(value: Optional[Path]) -> Path:
 @friendly_errors
 def evaluate(
     noise: Optional[str] = typer.Option(None, help="noise style, e.g. gaussian25 (default: the checkpoint's)"),
-    dataset: str = typer.Option("kodak24", help="kodak24, bsd300, bsd300-train, set14, folder:PATH"),
+    dataset: str = typer.Option("kodak24", help="kodak24, bsd300, bsd300-train, set14, small32, folder:PATH, course32:DIR"),
     method: str = typer.Option("noisy", help="a training-free method (noisy, cbm3d)"),
     checkpoint: Optional[Path] = typer.Option(None, help="score a trained checkpoint instead"),
     repeats: Optional[int] = typer.Option(None, min=1, help="evaluations per image (default 1)"),
@@ -142,6 +142,40 @@ def grid(
 
         written = build_report(tracking_uri, out)
         typer.echo(f"report: {len(written)} files in {out}", err=True)
+    if outcome.failed:
+        for name, why in outcome.failed.items():
+            typer.echo(f"FAILED {name}: {why}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly_errors
+def sweep(
+    network: str = typer.Option(..., help="course network: strided, residual, bn_dropout, prelu, scratch, scratch_torch"),
+    noise: str = typer.Option(..., help="noise style, e.g. gaussian25"),
+    profile: str = typer.Option("quick", help="smoke, quick, reproduction or paper"),
+    batch: str = typer.Option("4,16,32", help="comma-separated batch sizes"),
+    loss: str = typer.Option("l1,l2", help="comma-separated losses (l1, l2)"),
+    lr: str = typer.Option("1e-4,1e-3", help="comma-separated learning rates"),
+    target: str = typer.Option("n2n", help="n2n or n2c"),
+    overrides: list[str] = typer.Option([], "--set", help="section.key=value for every cell"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"),
+    data_dir: Optional[Path] = typer.Option(None, help="data directory (default $N2N_DATA)"),
+    out: Path = typer.Option(Path("results"), help="folder for the table and the heatmap"),
+    runs_dir: Optional[Path] = typer.Option(None, help="checkpoints and per-cell files (default runs/)"),
+) -> None:
+    """Batch size × loss × learning rate for one 32×32 course network; every cell is a run."""
+    from benchmarks.sweep import parse_list, run_sweep
+
+    outcome = run_sweep(network, noise, profile, parse_list(batch, int, "batch"), parse_list(loss, str, "loss"),
+                        parse_list(lr, float, "lr"), target, overrides, tracking_uri, runs_root=runs_dir,
+                        data_dir=_data_dir(data_dir), out=out, progress=sys.stderr.isatty())
+    for path in outcome.written:
+        typer.echo(f"wrote {path}", err=True)
+    if not outcome.table.empty:
+        best = outcome.table.loc[outcome.table.psnr.idxmax()]
+        typer.echo(f"sweep {network}: {len(outcome.table)} cells; best {best.psnr:.2f} dB at batch "
+                   f"{best.batch}, {best.loss}, lr {best.lr:g}")
     if outcome.failed:
         for name, why in outcome.failed.items():
             typer.echo(f"FAILED {name}: {why}", err=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +17,11 @@ from torch import nn
 
 from n2n_core.config import ExperimentConfig, load_toml, merge_layers
 from n2n_core.data.images import default_data_dir
+from n2n_core.data.course32 import train_stream
 from n2n_core.data.sets import resolve_set
-from n2n_core.data.train_stream import CropStream
 from n2n_core.errors import CheckpointError, ConfigError
-from n2n_core.evaluation.protocol import EvalRecord, EvalResult, Evaluator
+from n2n_core.evaluation.paired import make_evaluator
+from n2n_core.evaluation.protocol import EvalRecord, EvalResult
 from n2n_core.evaluation.psnr import quantize_uint8
 from n2n_core.evaluation.tiling import denoise_tiled
 from n2n_core.methods import METHODS, Method, build_method
@@ -40,7 +42,12 @@ def available(kind: str) -> list[str]:
 
 def compose_config(profile: str, method: str, noise: str, overrides: list[str] = (),
                    seed: int | None = None) -> ExperimentConfig:
-    """profile TOML → method TOML (or a bare registry name) → noise → overrides, validated once."""
+    """profile TOML → method TOML (or a bare registry name) → noise → overrides, validated once.
+
+    A method file may carry a top-level `set = ["section.key=value", ...]`: overrides that win over
+    the profile (the 32×32 course variants set their crop size and evaluation set this way), applied
+    before the command line's own, which win over both.
+    """
     profile_path = CONFIG_DIR / "profiles" / f"{profile}.toml"
     if not profile_path.exists():
         raise ConfigError(f"unknown profile {profile!r}; expected one of: {', '.join(available('profiles'))}")
@@ -54,7 +61,10 @@ def compose_config(profile: str, method: str, noise: str, overrides: list[str] =
             f"unknown method {method!r}; expected a variant ({', '.join(available('methods'))}) "
             f"or a method ({', '.join(METHODS)})"
         )
-    merged = merge_layers(load_toml(profile_path), method_layer, list(overrides))
+    variant_overrides = method_layer.pop("set", [])
+    if not (isinstance(variant_overrides, list) and all(isinstance(o, str) for o in variant_overrides)):
+        raise ConfigError(f"{method_path}: `set` must be a list of 'section.key=value' strings")
+    merged = merge_layers(load_toml(profile_path), method_layer, [*variant_overrides, *overrides])
     merged.update(profile=profile, noise=noise)
     if seed is not None:
         merged["seed"] = seed
@@ -99,9 +109,9 @@ def _validation(method: Method, cfg: ExperimentConfig, device, data_dir: Path):
     """Fixed validation crops (training-crop sized) scored with the evaluation protocol."""
     if cfg.train.validation_images == 0:
         return None
-    evaluator = Evaluator(resolve_set(cfg.train.validation_set, data_dir), parse_style(cfg.noise),
-                          seed=derive_seed(cfg.eval.seed, "validation"), repeats=1,
-                          center_crop=cfg.train.patch_size, max_images=cfg.train.validation_images)
+    evaluator = make_evaluator(resolve_set(cfg.train.validation_set, data_dir), parse_style(cfg.noise),
+                               seed=derive_seed(cfg.eval.seed, "validation"), repeats=1,
+                               center_crop=cfg.train.patch_size, max_images=cfg.train.validation_images)
 
     def validate(model) -> float:
         model.eval()
@@ -122,6 +132,10 @@ def train(cfg: ExperimentConfig, out_dir: Path, tracker: Tracker | None = None,
     method = build_method(cfg.method, noise)
     if not method.trainable:
         return TrainResult(None, 0, 0, 0.0, None, method, cfg)
+    stream = train_stream(resolve_set(cfg.train.train_set, data_dir), cfg.train.patch_size, cfg.seed)
+    if getattr(stream, "paired", False) and not getattr(method, "accepts_pairs", False):
+        raise ConfigError(f"{cfg.train.train_set} holds given noisy pairs without clean targets; only "
+                          "course variants trained as N2N (method.target=\"n2n\") can train on it")
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / "checkpoint.pt"
     config_file, config_text = out_dir / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2)
@@ -131,7 +145,6 @@ def train(cfg: ExperimentConfig, out_dir: Path, tracker: Tracker | None = None,
     if fresh:
         config_file.write_text(config_text)
     model = method.build_model(make_generator(derive_seed(cfg.seed, "init")))
-    stream = CropStream(resolve_set(cfg.train.train_set, data_dir).load(), cfg.train.patch_size, cfg.seed)
     trainer = Trainer(method, stream, cfg.train, cfg.seed, device, tracker or NullTracker(),
                       validate=_validation(method, cfg, device, data_dir),
                       identity=cfg.config_hash(), meta={"config": cfg.canonical_json()},
@@ -167,9 +180,9 @@ def evaluate_model(method: Method, model, cfg: ExperimentConfig, dataset: str, n
     noise_model = parse_style(noise)
     if noise_model.style != parse_style(cfg.noise).style:
         method = build_method(cfg.method, noise_model)  # e.g. known-σ SSDN scored on another level
-    evaluator = Evaluator(resolve_set(dataset, data_dir), noise_model, seed=cfg.eval.seed,
-                          repeats=repeats or cfg.eval.repeats_for(dataset),
-                          center_crop=cfg.eval.center_crop, max_images=cfg.eval.max_images)
+    evaluator = make_evaluator(resolve_set(dataset, data_dir), noise_model, seed=cfg.eval.seed,
+                               repeats=repeats or cfg.eval.repeats_for(dataset),
+                               center_crop=cfg.eval.center_crop, max_images=cfg.eval.max_images)
     return evaluator.run(make_denoiser(method, model, device, cfg), chunk=method_chunk(method),
                          progress=progress)
 
@@ -181,23 +194,30 @@ def method_chunk(method: Method) -> int:
 CROP_SIZE = 128  # side of the denoised crops saved for the report's crop grid
 
 
+def set_label(name: str) -> str:
+    """File- and metric-safe name of an evaluation set: 'course32:DIR' → 'course32' (as in baselines/)."""
+    name = "course32" if name.startswith("course32:") else name
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
 def score_all(result: TrainResult, out_dir: Path, data_dir: Path, progress: bool = True) -> dict[str, EvalResult]:
-    """Score on every evaluation set of the config; each set's result is saved and reused on rerun."""
+    """Score on every evaluation set of the config (keyed by set_label); saved and reused on rerun."""
     cfg = result.config
     device = resolve_device(cfg.train.device)
     scores = {}
     for name in cfg.eval.sets:
-        saved = out_dir / f"scores-{name}.json"
+        label = set_label(name)
+        saved = out_dir / f"scores-{label}.json"
         if saved.exists():
-            scores[name] = eval_result_from_json(saved.read_text())
+            scores[label] = eval_result_from_json(saved.read_text())
             continue
         from tqdm import tqdm
 
-        with tqdm(desc=f"eval {name}", disable=not progress, leave=False, unit="img") as bar:
-            scores[name] = evaluate_model(result.method, result.model, cfg, name, cfg.noise, device,
-                                          data_dir, progress=bar.update)
-        write_per_image_csv(scores[name], out_dir / f"psnr-{name}.csv")
-        atomic_write(saved, lambda tmp, r=scores[name]: tmp.write_text(eval_result_to_json(r)))
+        with tqdm(desc=f"eval {label}", disable=not progress, leave=False, unit="img") as bar:
+            scores[label] = evaluate_model(result.method, result.model, cfg, name, cfg.noise, device,
+                                           data_dir, progress=bar.update)
+        write_per_image_csv(scores[label], out_dir / f"psnr-{label}.csv")
+        atomic_write(saved, lambda tmp, r=scores[label]: tmp.write_text(eval_result_to_json(r)))
     if cfg.eval.sets:
         save_example_crops(result, cfg.eval.sets[0], out_dir, data_dir, device)
     return scores
@@ -225,8 +245,8 @@ def save_example_crops(result: TrainResult, dataset: str, out_dir: Path, data_di
     from PIL import Image
 
     cfg = result.config
-    evaluator = Evaluator(resolve_set(dataset, data_dir), parse_style(cfg.noise), seed=cfg.eval.seed,
-                          repeats=1, center_crop=cfg.eval.center_crop, max_images=1)
+    evaluator = make_evaluator(resolve_set(dataset, data_dir), parse_style(cfg.noise), seed=cfg.eval.seed,
+                               repeats=1, center_crop=cfg.eval.center_crop, max_images=1)
     item = next(evaluator.inputs())
     denoised = make_denoiser(result.method, result.model, device, cfg)([item])[0]
     denoised = denoised[0] if denoised.dim() == 4 else denoised
@@ -237,5 +257,5 @@ def save_example_crops(result: TrainResult, dataset: str, out_dir: Path, data_di
     for label, image in (("noisy", item.noisy.noisy[0]), ("denoised", denoised), ("clean", clean)):
         pixels = image if image.dtype == torch.uint8 else quantize_uint8(image[:, :h, :w])
         array = pixels[window].permute(1, 2, 0).contiguous().numpy()
-        target = out_dir / f"crop-{dataset}-{label}.png"
+        target = out_dir / f"crop-{set_label(dataset)}-{label}.png"
         atomic_write(target, lambda tmp, a=array: Image.fromarray(a).save(tmp, format="PNG"))

@@ -73,7 +73,8 @@ def build_table(runs: list[JobRun], noise: str) -> pd.DataFrame:
     sets = [s for s in SET_ORDER if any(f"psnr_{s}" in r.metrics for r in runs)]
     sets += sorted({k[5:] for r in runs for k in r.metrics if k.startswith("psnr_")} - set(sets))
     published = load_baselines()
-    published = published[published.noise == noise].set_index(["variant", "dataset"])
+    # noise "*": a number measured on data that brings its own corruption (course32)
+    published = published[published.noise.isin([noise, "*"])].set_index(["variant", "dataset"])
     rows = []
     for run in sorted(runs, key=lambda r: (order.index(r.variant) if r.variant in order else 99, r.variant)):
         row = {"variant": run.variant}
@@ -89,6 +90,17 @@ def build_table(runs: list[JobRun], noise: str) -> pd.DataFrame:
     return pd.DataFrame(rows), sets
 
 
+def crop_sizes(runs: list[JobRun]) -> str:
+    """'128²', or '128² (32² for course-prelu, course-strided)' when variants trained on other crops."""
+    by_size: dict[str, list[str]] = defaultdict(list)
+    for run in runs:
+        by_size[str(run.params.get("train.patch_size"))].append(run.variant)
+    main = max(sorted(by_size), key=lambda size: len(by_size[size]))
+    others = "; ".join(f"{size}² for {', '.join(sorted(names))}"
+                       for size, names in sorted(by_size.items()) if size != main)
+    return f"{main}²" + (f" ({others})" if others else "")
+
+
 def caption(runs: list[JobRun], noise: str, profile: str, sets: list[str]) -> str:
     params = next((r.params for r in runs if r.params.get("train.budget_images")), runs[0].params)
     repeats = ", ".join(f"{s} ×{params.get(f'eval.repeats.{s}', 1)}" for s in sets)
@@ -98,7 +110,7 @@ def caption(runs: list[JobRun], noise: str, profile: str, sets: list[str]) -> st
     wall = sum(r.metrics.get("job_seconds", 0.0) for r in runs)
     return (
         f"PSNR (dB) for {noise}, profile '{profile}': training budget {params.get('train.budget_images')} images "
-        f"of {params.get('train.patch_size')}² crops from {params.get('train.train_set')} (batch "
+        f"of {crop_sizes(runs)} crops from {params.get('train.train_set')} (batch "
         f"{params.get('train.batch_size')}); evaluations per image: {repeats}{crop_note}; PSNR on "
         f"uint8-quantised images (METHODS.md §8); device {', '.join(devices)}; total job wall time "
         f"{wall / 60:.1f} min. Published numbers from baselines/published.csv (first source per cell); "

@@ -22,7 +22,7 @@ REGISTERED: dict[str, tuple[str | None, str, int]] = {
     "set14": (None, "set14", 20),  # download only; no checksums kept (see download.py)
     "imagenet-val": (None, "imagenet-val", 1),  # a folder the user provides: $N2N_IMAGENET
 }
-SET_FORMS = ", ".join(REGISTERED) + ", folder:PATH"
+SET_FORMS = ", ".join(REGISTERED) + ", small32, folder:PATH, course32:DIR"
 IMAGENET_SIDES = (256, 512)  # the paper's training set: ILSVRC2012 val images with both sides here
 
 
@@ -73,7 +73,19 @@ def _check_hash(path: str, mtime_ns: int, size: int, expected: str) -> None:
 
 
 def resolve_set(name: str, data_dir: Path) -> ImageSet:
-    """Build the ImageSet for a registered name or 'folder:PATH'; fails early with the fix."""
+    """Build the ImageSet for a registered name or 'folder:PATH'; fails early with the fix.
+
+    Two 32×32 sets answer the same questions by duck typing: 'small32' (1,000 seeded crops of the
+    BSD300 test images, data/small32.py) and 'course32:DIR' (the course's files, data/course32.py).
+    """
+    if name == "small32":
+        from .small32 import small32_set
+
+        return small32_set(resolve_set("bsd300", data_dir))
+    if name.startswith("course32:"):
+        from .course32 import course32_set
+
+        return course32_set(name)
     if name.startswith("folder:"):
         return _folder_set(name, Path(name.split(":", 1)[1]).expanduser(), filter_sides=None)
     if name not in REGISTERED:

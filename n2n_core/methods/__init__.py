@@ -6,6 +6,7 @@ from ..errors import ConfigError
 from ..noise import NoiseModel
 from .base import LossOutput, Method, MethodConfigBase, Rngs, TrainingPair
 from .cbm3d import CBM3D, CBM3DConfig
+from .course import Course, CourseConfig
 from .n2c import N2C, N2CConfig
 from .n2n import N2N, N2NConfig
 from .n2v import N2V, N2VConfig
@@ -20,6 +21,7 @@ METHODS: dict[str, tuple[type[MethodConfigBase], type[Method]]] = {
     "ssdn": (SSDNConfig, SSDN),
     "ssdn-mu": (SSDNMuConfig, SSDNMu),
     "cbm3d": (CBM3DConfig, CBM3D),
+    "course": (CourseConfig, Course),
 }
 
 

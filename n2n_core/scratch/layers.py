@@ -165,6 +165,10 @@ class Module:
     def eval(self) -> Module:
         return self.train(False)
 
+    def requires_grad_(self, requires_grad: bool = True) -> Module:  # noqa: ARG002
+        """A no-op kept for generic trainers (EMA copies): scratch tensors never require grad."""
+        return self
+
     def to(self, device=None, dtype: torch.dtype | None = None) -> Module:
         """Move parameters (and their gradients) in place; ``to(torch.float64)`` also works."""
         if isinstance(device, torch.dtype):

@@ -1,0 +1,157 @@
+"""The 32×32 course networks (METHODS.md §10) as one method: trained as N2N or N2C, with L2 or L1.
+
+`network` picks one of the four torch.nn U-Nets of networks/course.py, the from-scratch network of
+n2n_core/scratch (no autograd, no torch.nn; hand-written backward, its own SGD) or that network's
+torch.nn twin. The scratch network plugs into the ordinary Trainer by duck typing (ARCHITECTURE.md):
+its model offers parameters/state_dict/load_state_dict/train/eval/to, `make_optimizer` hands the
+trainer its SGD, and its loss is a `HandwrittenLoss`, a 0-d tensor whose `backward()` runs the
+network's own backward under `torch.no_grad()`.
+
+Training pairs follow N2N/N2C (METHODS.md §1): the input is the step's first noise draw; the target
+is a second independent draw (n2n) or the clean crop (n2c). On `course32:DIR` the pairs are given
+(6-channel batches from data/course32.PairStream) and only n2n can train.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import Tensor
+
+from ..data.course32 import PAIR_CHANNELS
+from ..errors import ConfigError
+from ..networks.course import course_unet
+from ..scratch import MSE, SGD, course_network, course_network_torch
+from .base import LossOutput, Method, MethodConfigBase, TrainingPair
+
+SCRATCH_WIDTH = 24  # report C's C
+
+
+class CourseConfig(MethodConfigBase):
+    name: Literal["course"] = "course"
+    network: Literal["strided", "residual", "bn_dropout", "prelu", "scratch", "scratch_torch"] = "strided"
+    """Course network of METHODS.md §10; scratch: the no-autograd network, scratch_torch: its twin."""
+    target: Literal["n2n", "n2c"] = "n2n"
+    """n2n: a second independent noisy draw is the target; n2c: the clean crop is."""
+    loss: Literal["l2", "l1"] = "l2"
+    """Mean squared (l2) or mean absolute (l1) error over pixels and channels."""
+    channels: int | None = Field(None, gt=0)
+    """Base width; None: the network's own (32 for the U-Nets, 24 for scratch as in report C)."""
+    optimizer: Literal["adam", "sgd"] | None = None
+    """None: the course default, SGD for scratch and scratch_torch (report C), else Adam(0.9, 0.99)."""
+    momentum: float = Field(0.0, ge=0, lt=1)
+    """SGD momentum (report C's best run used plain SGD)."""
+    flips: bool = False
+    """Random horizontal and vertical flips of each training crop (report A's augmentation)."""
+
+    @model_validator(mode="after")
+    def _momentum_is_for_sgd(self):
+        if self.momentum and self.resolved_optimizer() != "sgd":
+            raise ConfigError("method.momentum applies to SGD only; set method.optimizer=\"sgd\" or drop it")
+        return self
+
+    def resolved_optimizer(self) -> str:
+        return self.optimizer or ("sgd" if self.network.startswith("scratch") else "adam")
+
+
+class HandwrittenLoss(Tensor):
+    """A 0-d loss tensor whose `backward()` runs a hand-written backward pass (no autograd)."""
+
+    @staticmethod
+    def wrap(value: Tensor, backward: Callable[[], None]) -> HandwrittenLoss:
+        out = value.detach().as_subclass(HandwrittenLoss)
+        out.__dict__["_run_backward"] = backward
+        return out
+
+    def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):  # noqa: ARG002
+        run = self.__dict__.get("_run_backward")
+        if run is None:  # a copy made by a tensor operation carries no backward
+            raise RuntimeError("this loss value has no hand-written backward (call it on the method's loss)")
+        with torch.no_grad():
+            run()
+
+
+@dataclass(frozen=True)
+class CoursePair(TrainingPair):
+    rng: torch.Generator | None = None  # the step's method generator: dropout masks
+
+
+def random_flips(images: Tensor, rng: torch.Generator) -> Tensor:
+    """Flip each image of (N, C, H, W) left-right and/or top-bottom, each with probability 1/2."""
+    n = images.shape[0]
+    draws = torch.rand(2, n, generator=rng, device=rng.device).to(images.device) < 0.5
+    images = torch.where(draws[0].view(n, 1, 1, 1), images.flip(-1), images)
+    return torch.where(draws[1].view(n, 1, 1, 1), images.flip(-2), images)
+
+
+class Course(Method):
+    """A course network of §10 trained as N2N or N2C on 32×32 crops (or given course32 pairs)."""
+
+    def __init__(self, config: CourseConfig, noise):
+        super().__init__(config, noise)
+        self.scratch = config.network == "scratch"
+        self.amp_safe = not self.scratch  # the scratch framework is float32 by construction
+        self.accepts_pairs = config.target == "n2n"  # given pairs carry no clean target
+
+    def build_model(self, rng):
+        channels = self.config.channels
+        if self.config.network == "scratch":
+            return course_network(channels or SCRATCH_WIDTH, rng, input_grad=False)
+        if self.config.network == "scratch_torch":
+            return course_network_torch(channels or SCRATCH_WIDTH, rng)
+        return course_unet(self.config.network, rng, channels)
+
+    def make_optimizer(self, model, train_cfg):
+        """Adam(β1 0.9, β2 0.99, ε 1e-8) or SGD (the framework's own for the scratch network)."""
+        if self.config.resolved_optimizer() == "adam":
+            return torch.optim.Adam(model.parameters(), lr=train_cfg.lr, betas=(0.9, 0.99), eps=1e-8)
+        sgd = SGD if self.scratch else torch.optim.SGD
+        return sgd(list(model.parameters()), lr=train_cfg.lr, momentum=self.config.momentum)
+
+    def training_pair(self, clean, rngs):
+        if clean.shape[1] == PAIR_CHANNELS:  # given pairs: input draw ‖ target draw
+            if not self.accepts_pairs:
+                raise ConfigError("course32 pairs have no clean target: train them with method.target=\"n2n\"")
+            both = random_flips(clean, rngs.method) if self.config.flips else clean
+            return CoursePair(inputs=both[:, :3], targets=both[:, 3:], rng=rngs.method)
+        if self.config.flips:
+            clean = random_flips(clean, rngs.method)
+        first = self.noise.sample(clean, rngs.noise)
+        if self.config.target == "n2c":
+            target = clean
+        else:
+            target = self.noise.sample(clean, rngs.noise).noisy  # its own level for variable styles
+        return CoursePair(inputs=first.noisy, targets=target, level=first.level, rng=rngs.method)
+
+    def _forward(self, model, inputs: Tensor, rng: torch.Generator | None = None) -> Tensor:
+        if getattr(model, "takes_rng", False):
+            return model(inputs, rng=rng)
+        return model(inputs)
+
+    def loss(self, model, pair):
+        if self.scratch:
+            return LossOutput(self._handwritten_loss(model, pair))
+        pred = self._forward(model, pair.inputs, getattr(pair, "rng", None))
+        error = F.mse_loss if self.config.loss == "l2" else F.l1_loss
+        return LossOutput(error(pred, pair.targets))
+
+    def _handwritten_loss(self, model, pair) -> HandwrittenLoss:
+        """Forward now; the returned loss's backward() feeds dL/dpred through model.backward."""
+        with torch.no_grad():
+            pred = model(pair.inputs)
+            if self.config.loss == "l2":
+                mse = MSE()
+                value = mse.forward(pred, pair.targets)
+                return HandwrittenLoss.wrap(value, lambda: model.backward(mse.backward()))
+            diff = pred - pair.targets
+            value = diff.abs().mean()
+            return HandwrittenLoss.wrap(value, lambda: model.backward(diff.sign() / diff.numel()))
+
+    def denoise(self, model, batch):
+        with torch.no_grad():
+            return self._forward(model, batch.noisy)

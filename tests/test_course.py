@@ -1,0 +1,295 @@
+"""The 32×32 course benchmark (METHODS.md §10): small32, course32:DIR, the course networks, the sweep.
+
+Every course network trains on small32 under the smoke profile through `n2n-bench train` and its
+checkpoint scores through `n2n-bench evaluate --dataset small32`; small32's crops are compared with
+the BSD300 test images they are cut from; the course32 loader round-trips plain-tensor pickles and
+refuses one that carries code; the scratch network trains through the ordinary Trainer without
+autograd and resumes bit for bit; the sweep writes one table cell per (batch, loss, lr).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from benchmarks.cli import app
+from benchmarks.experiment import compose_config
+from benchmarks.grid import expand
+from n2n_core.config import TrainConfig
+from n2n_core.data import small32 as small32_module
+from n2n_core.data.course32 import PairStream, load_pair_file
+from n2n_core.data.images import to_float
+from n2n_core.data.sets import resolve_set
+from n2n_core.data.train_stream import CropStream
+from n2n_core.errors import DataError
+from n2n_core.evaluation.paired import make_evaluator
+from n2n_core.evaluation.psnr import psnr_uint8
+from n2n_core.methods import build_method, method_config
+from n2n_core.noise import parse_style
+from n2n_core.seeding import make_generator
+from n2n_core.train.checkpoint import load_checkpoint
+from n2n_core.train.trainer import Trainer
+
+NETWORKS = ["strided", "residual", "bn-dropout", "prelu", "scratch", "scratch-torch"]
+TINY = ["--set", "train.budget_images=8", "--set", "train.batch_size=4"]
+CPU = torch.device("cpu")
+
+
+def invoke(args: list[str]):
+    return CliRunner().invoke(app, args, catch_exceptions=True)
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def train_cli(variant: str, out: Path, data_dir: Path, *extra: str) -> dict:
+    result = invoke(["train", "--method", variant, "--noise", "gaussian25", "--profile", "smoke", *TINY,
+                     *extra, "--out", str(out), "--data-dir", str(data_dir), "--json"])
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    return last_json(result.stdout)
+
+
+# ----------------------------------------------------------------------------- the networks
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+def test_course_network_trains_on_small32_and_its_checkpoint_scores_there(tmp_path, data_dir, network):
+    summary = train_cli(f"course-{network}", tmp_path / network, data_dir)
+    saved = load_checkpoint(Path(summary["checkpoint"]))
+    config = json.loads(saved["meta"]["config"])
+    assert config["train"]["patch_size"] == 32 and config["eval"]["sets"] == ["small32"]
+    assert config["method"]["network"] == network.replace("-", "_")
+    assert summary["images_seen"] == 8 and summary["skipped_steps"] == 0
+    result = invoke(["evaluate", "--checkpoint", summary["checkpoint"], "--dataset", "small32",
+                     "--max-images", "50", "--data-dir", str(data_dir), "--json"])
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    scored = last_json(result.stdout)
+    assert scored["dataset"] == "small32" and scored["n_evaluations"] == 50 and scored["pad_to"] == 32
+    assert scored["method"] == "course" and scored["convention"] == "uint8"
+    assert math.isfinite(scored["psnr_mean"]) and 5 < scored["psnr_mean"] < 60
+
+
+def test_grid_runs_the_course_networks_on_small32_and_the_others_as_before():
+    jobs, _ = expand("gaussian25", "quick")
+    by_name = {job.variant: job.config for job in jobs}
+    for network in NETWORKS:
+        for variant in (f"course-{network}", f"course-{network}-n2c"):
+            cfg = by_name[variant]
+            assert cfg.train.patch_size == 32 and cfg.eval.sets == ["small32"], variant
+            assert cfg.method.target == ("n2c" if variant.endswith("n2c") else "n2n")
+    assert by_name["n2c"].train.patch_size == 128 and by_name["n2c"].eval.sets == ["kodak24"]
+    # the command line still wins over the variant's own overrides
+    assert compose_config("smoke", "course-prelu", "gaussian25", ["train.patch_size=64"]).train.patch_size == 64
+
+
+# ----------------------------------------------------------------------------- small32
+
+
+def test_small32_is_a_fixed_set_of_1000_crops_cut_from_the_bsd300_test_images(data_dir):
+    first = resolve_set("small32", data_dir)
+    crops = first.load()
+    small32_module._crops.cache_clear()
+    small32_module._positions.cache_clear()
+    again = resolve_set("small32", data_dir).load()
+    assert len(crops) == 1000 and all(c.shape == (3, 32, 32) and c.dtype == torch.uint8 for c in crops)
+    assert all(torch.equal(a, b) for a, b in zip(crops, again)), "small32 must be the same every time"
+    assert first.image_ids()[:2] == ["small32-0000", "small32-0001"] and len(set(first.image_ids())) == 1000
+    bsd = resolve_set("bsd300", data_dir)
+    sources = dict(zip(bsd.image_ids(), bsd.load()))
+    positions = first.crop_positions()
+    for crop, (source, top, left) in zip(crops[::37], positions[::37]):
+        assert torch.equal(crop, sources[source][:, top : top + 32, left : left + 32])
+    used = [source for source, _, _ in positions]
+    assert set(used) == set(sources) and all(used.count(s) == 10 for s in sources)
+    assert len({(t, l) for _, t, l in positions}) > 900, "positions must vary"
+
+
+# ----------------------------------------------------------------------------- course32:DIR
+
+
+def write_course_files(folder: Path, n_train: int = 12, n_val: int = 5) -> dict[str, torch.Tensor]:
+    g = make_generator(7)
+    data = {name: torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+            for name, n in (("a", n_train), ("b", n_train), ("noisy", n_val), ("clean", n_val))}
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save((data["a"], data["b"]), folder / "train_data.pkl")
+    torch.save((data["noisy"], data["clean"]), folder / "val_data.pkl")
+    return data
+
+
+def test_course32_files_round_trip_and_score_the_given_pairs(tmp_path):
+    data = write_course_files(tmp_path / "course")
+    course = resolve_set(f"course32:{tmp_path / 'course'}", tmp_path)
+    assert course.name == "course32" and len(course.image_ids()) == 5
+    assert all(torch.equal(x, y) for x, y in zip(course.load(), data["clean"]))
+    assert all(torch.equal(x, y) for x, y in zip(course.load_noisy(), data["noisy"]))
+    stream = PairStream(*course.train_pairs(), patch_size=32, seed=0)
+    epoch = torch.cat([stream.batch(i, 4) for i in range(0, 12, 4)])  # one pass: each pair once
+    expected = torch.cat([data["a"], data["b"]], dim=1).float() / 255
+    assert sorted(map(tuple, epoch.flatten(1)[:, :8].tolist())) == sorted(map(tuple, expected.flatten(1)[:, :8].tolist()))
+    assert torch.equal(stream.batch(4, 4), stream.batch(4, 4))
+    evaluator = make_evaluator(course, noise=None, max_images=4)
+    result = evaluator.run(lambda items: [item.noisy.noisy for item in items])  # identity "denoiser"
+    want = [psnr_uint8(to_float(n), c) for n, c in zip(data["noisy"][:4], data["clean"][:4])]
+    assert result.n_evaluations == 4 and result.noise == "given"
+    assert result.psnr_mean == pytest.approx(sum(want) / 4, rel=1e-12)
+
+
+def test_course32_trains_n2n_from_the_command_line_and_refuses_n2c(tmp_path, data_dir):
+    write_course_files(tmp_path / "course")
+    where = f"course32:{tmp_path / 'course'}"
+    sets = ["--set", f'train.train_set="{where}"', "--set", f'train.validation_set="{where}"',
+            "--set", f'eval.sets=["{where}"]']
+    summary = train_cli("course-bn-dropout", tmp_path / "run", data_dir, *sets)
+    result = invoke(["evaluate", "--checkpoint", summary["checkpoint"], "--dataset", where,
+                     "--data-dir", str(data_dir), "--json"])
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    scored = last_json(result.stdout)
+    assert scored["dataset"] == "course32" and scored["n_evaluations"] == 5 and scored["noise"] == "given"
+    refused = invoke(["train", "--method", "course-bn-dropout-n2c", "--noise", "gaussian25", "--profile",
+                      "smoke", *TINY, *sets, "--out", str(tmp_path / "n2c"), "--data-dir", str(data_dir)])
+    assert refused.exit_code == 2 and "n2n" in refused.stderr
+    assert not (tmp_path / "n2c").exists()
+
+
+class Payload:
+    """Unpickling this would create a file: the loader must refuse before anything runs."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_course32_pickle_carrying_code_is_refused(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "train_data.pkl"
+    torch.save((Payload(marker), torch.zeros(1, 3, 32, 32, dtype=torch.uint8)), path)
+    with pytest.raises(DataError, match="refused"):
+        load_pair_file(path)
+    assert not marker.exists(), "code from the pickle ran"
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps((Payload(marker), 1)))
+    with pytest.raises(DataError, match="refused"):
+        load_pair_file(plain)
+    assert not marker.exists()
+    torch.save((torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32)), path)  # float, not uint8
+    with pytest.raises(DataError, match="uint8"):
+        load_pair_file(path)
+
+
+# ----------------------------------------------------------------------------- the scratch network
+
+
+class Stop(Exception):
+    """Raised by the stream to cut a run short, like a killed process."""
+
+
+def scratch_trainer(images, tmp_path, budget=24, stop_at=None, **method_fields):
+    method = build_method(method_config("course", network="scratch", **method_fields), parse_style("gaussian25"))
+    stream = CropStream(images, patch_size=32, seed=3)
+    if stop_at is not None:
+        inner = stream
+
+        class Stopping:
+            def batch(self, images_seen, n):
+                if images_seen >= stop_at:
+                    raise Stop(images_seen)
+                return inner.batch(images_seen, n)
+
+        stream = Stopping()
+    cfg = TrainConfig(budget_images=budget, batch_size=4, patch_size=32, lr=1.0, checkpoint_every_images=8,
+                      validation_images=0, ema_decay=0.9)
+    return method, Trainer(method, stream, cfg, seed=1, device=CPU, progress=False)
+
+
+def test_scratch_network_trains_through_the_trainer_without_autograd(tiny_images, tmp_path):
+    method, trainer = scratch_trainer(tiny_images(4, 40, 40), tmp_path)
+    model = method.build_model(make_generator(0))
+    before = [p.clone() for p in model.parameters()]
+    seen: list[bool] = []
+    forward, backward = model.forward, model.backward
+
+    def spy(fn):
+        def wrapped(*args):
+            seen.append(torch.is_grad_enabled())
+            return fn(*args)
+        return wrapped
+
+    model.forward, model.backward = spy(forward), spy(backward)
+    with torch.enable_grad():
+        trainer.fit(model, tmp_path / "ckpt.pt")
+    assert len(seen) >= 2 * 6 and not any(seen), "the scratch network ran with autograd enabled"
+    assert not any(p.requires_grad for p in model.parameters())
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "SGD did not move every weight"
+    saved = load_checkpoint(tmp_path / "ckpt.pt")  # weights_only=True: plain tensors and numbers only
+    assert saved["images_seen"] == 24 and set(saved["model"]) == set(saved["ema"])
+    assert saved["optimizer"]["param_groups"][0]["momentum"] == 0.0
+
+
+@pytest.mark.parametrize("loss", ["l2", "l1"])
+def test_scratch_resume_equals_the_uninterrupted_run(tiny_images, tmp_path, loss):
+    images = tiny_images(4, 40, 40)
+    method, whole = scratch_trainer(images, tmp_path, loss=loss, momentum=0.5, optimizer="sgd")
+    reference = whole.fit(method.build_model(make_generator(0)), tmp_path / "whole.pt")
+    method, broken = scratch_trainer(images, tmp_path, stop_at=12, loss=loss, momentum=0.5, optimizer="sgd")
+    with pytest.raises(Stop):
+        broken.fit(method.build_model(make_generator(0)), tmp_path / "resumed.pt")
+    assert load_checkpoint(tmp_path / "resumed.pt")["images_seen"] == 8
+    method, resumed = scratch_trainer(images, tmp_path, loss=loss, momentum=0.5, optimizer="sgd")
+    final = resumed.fit(method.build_model(make_generator(1)), tmp_path / "resumed.pt")  # init overwritten
+    for (name, a), b in zip(reference.state_dict().items(), final.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def test_sweep_writes_one_cell_per_batch_loss_and_lr(tmp_path, data_dir):
+    args = ["sweep", "--network", "scratch", "--noise", "gaussian25", "--profile", "smoke",
+            "--batch", "2,4", "--loss", "l1,l2", "--lr", "0.5,1", "--set", "train.budget_images=4",
+            "--set", "train.validation_images=0", "--set", "eval.max_images=2",
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--runs-dir", str(tmp_path / "runs"),
+            "--out", str(tmp_path / "results"), "--data-dir", str(data_dir)]
+    result = invoke(args)
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    stem = tmp_path / "results" / "sweep-scratch-n2n-gaussian25-smoke"
+    import pandas as pd
+
+    table = pd.read_csv(stem.with_suffix(".csv"))
+    cells = {(int(r.batch), r.loss, float(r.lr)) for r in table.itertuples()}
+    assert cells == {(b, loss, lr) for b in (2, 4) for loss in ("l1", "l2") for lr in (0.5, 1.0)}
+    assert table.psnr.notna().all() and (table.set == "small32").all()
+    markdown = stem.with_suffix(".md").read_text()
+    assert "| l1: batch \\ lr | 0.5 | 1 |" in markdown and "Best:" in markdown
+    assert stem.with_suffix(".png").stat().st_size > 1000
+    again = invoke(args)  # every cell is finished: read back from MLflow, nothing retrained
+    assert again.exit_code == 0, again.output
+    assert pd.read_csv(stem.with_suffix(".csv")).run_id.tolist() == table.run_id.tolist()
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def test_report_names_the_32px_crops_and_joins_course32_baselines_whatever_the_noise():
+    from benchmarks.report import JobRun, build_table, crop_sizes
+
+    def run(variant, patch, metrics):
+        return JobRun(variant, variant, "gaussian25", "quick", {"train.patch_size": patch}, metrics, {}, 0)
+
+    runs = [run("n2c", "128", {"psnr_kodak24": 30.0}), run("n2n", "128", {"psnr_kodak24": 30.0}),
+            run("course-strided", "32", {"psnr_course32": 25.0})]
+    assert crop_sizes(runs) == "128² (32² for course-strided)"
+    table, sets = build_table(runs, "gaussian25")
+    row = table.set_index("variant").loc["course-strided"]
+    assert "course32" in sets and row["course32_published"] == pytest.approx(25.81)
+    assert row["course32_delta"] == pytest.approx(25.0 - 25.81)
