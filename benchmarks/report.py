@@ -105,7 +105,9 @@ def caption(runs: list[JobRun], noise: str, profile: str, sets: list[str]) -> st
     params = next((r.params for r in runs if r.params.get("train.budget_images")), runs[0].params)
     repeats = ", ".join(f"{s} ×{params.get(f'eval.repeats.{s}', 1)}" for s in sets)
     crop = params.get("eval.center_crop")
-    crop_note = f"; central {crop}² crops of the first {params.get('eval.max_images')} images" if crop not in (None, "None") else ""
+    first = params.get("eval.max_images")
+    which = f"the first {first}" if first not in (None, "None") else "all"
+    crop_note = f"; central {crop}² crops of {which} images" if crop not in (None, "None") else ""
     devices = sorted({r.tags.get("device", "?") for r in runs})
     wall = sum(r.metrics.get("job_seconds", 0.0) for r in runs)
     return (

@@ -69,7 +69,7 @@ class EvalConfig(Frozen):
     repeats: dict[str, int] = {}
     """Evaluations per image, per set (paper: kodak24 10, bsd300 3, set14 20); default 1."""
     center_crop: int | None = Field(None, gt=0, multiple_of=32)
-    """Score central crops of this side instead of whole images (smoke profile only)."""
+    """Score central crops of this side instead of whole images (the smoke and quick profiles)."""
     max_images: int | None = Field(None, gt=0)
     """Score only the first this many images of each set (smoke profile only)."""
     blindspot_tiles: Literal["auto", "off"] = "auto"

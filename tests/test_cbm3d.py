@@ -193,3 +193,17 @@ def test_pool_plan_never_oversubscribes():
         for jobs in (1, 5, 64):
             p, t = cb.pool_plan(workers, jobs, cores=8)
             assert p <= jobs and p * t <= max(8, p)
+
+
+def test_grid_gives_cbm3d_a_cache_without_changing_its_hash(tmp_path):
+    from benchmarks.experiment import compose_config
+    from benchmarks.grid import with_result_cache
+
+    cfg = compose_config("smoke", "cbm3d", "gaussian25")
+    cached = with_result_cache(cfg, tmp_path)
+    assert cached.method.cache_dir == str(tmp_path / "cbm3d-cache")
+    assert cached.config_hash() == cfg.config_hash()
+    mine = cfg.model_copy(update={"method": cfg.method.model_copy(update={"cache_dir": "elsewhere"})})
+    assert with_result_cache(mine, tmp_path).method.cache_dir == "elsewhere"  # the user's choice wins
+    n2c = compose_config("smoke", "n2c", "gaussian25")
+    assert with_result_cache(n2c, tmp_path) is n2c  # methods without a cache are left alone

@@ -84,7 +84,7 @@ def test_grid_runs_the_course_networks_on_small32_and_the_others_as_before():
             cfg = by_name[variant]
             assert cfg.train.patch_size == 32 and cfg.eval.sets == ["small32"], variant
             assert cfg.method.target == ("n2c" if variant.endswith("n2c") else "n2n")
-    assert by_name["n2c"].train.patch_size == 128 and by_name["n2c"].eval.sets == ["kodak24"]
+    assert by_name["n2c"].train.patch_size == 64 and by_name["n2c"].eval.sets == ["kodak24"]
     # the command line still wins over the variant's own overrides
     assert compose_config("smoke", "course-prelu", "gaussian25", ["train.patch_size=64"]).train.patch_size == 64
 
