@@ -103,7 +103,7 @@ class CBM3DConfig(MethodConfigBase):
         if noise.kind == "impulse":
             raise ConfigError(
                 f"cbm3d cannot model {noise.style}: BM3D assumes additive Gaussian noise (Poisson "
-                "goes through the Anscombe transform); for impulse noise use ssdn, n2n or n2v"
+                "goes through the Anscombe transform); for impulse noise use n2n, n2v or ssdn-mu"
             )
 
     def options(self) -> dict[str, str]:
