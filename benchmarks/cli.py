@@ -20,11 +20,36 @@ from n2n_core.errors import N2NError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 
 
+def _valid_keys(loc: tuple) -> list[str]:
+    """The keys a configuration section accepts, for the 'unknown key' message."""
+    from pydantic import BaseModel
+
+    from n2n_core.config import ExperimentConfig
+    from n2n_core.methods import METHODS
+
+    section = loc[0] if len(loc) > 1 else None
+    field = ExperimentConfig.model_fields.get(section) if section else None
+    if section == "method":
+        models = [cfg for cfg, _ in METHODS.values()]
+    elif field is not None and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+        models = [field.annotation]
+    else:
+        models = [ExperimentConfig]
+    return sorted({key for model in models for key in model.model_fields})
+
+
 def _one_line_validation(err: ValidationError) -> str:
+    import difflib
+
     parts = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"])
         message = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden" and e["loc"]:  # a misspelt --set key: name the right ones
+            valid = _valid_keys(tuple(e["loc"]))
+            close = difflib.get_close_matches(str(e["loc"][-1]), valid, n=1, cutoff=0.5)
+            message = "unknown key" + (f"; did you mean {close[0]!r}?" if close else "") + \
+                f" (valid keys here: {', '.join(valid)})"
         parts.append(f"{where}: {message}" if where else message)
     return "invalid configuration: " + "; ".join(parts)
 
@@ -95,14 +120,31 @@ def train(
     out: Optional[Path] = typer.Option(None, help="run folder (default runs/<method>-<noise>-<profile>-<hash>)"),
     data_dir: Optional[Path] = typer.Option(None, help="data directory (default $N2N_DATA)"),
     json_out: bool = typer.Option(False, "--json", help="last stdout line: one JSON object"),
+    nproc: int = typer.Option(1, min=1, help="data-parallel processes (torchrun; one per GPU on CUDA)"),
 ) -> None:
-    """Train a method; rerunning the same command resumes an unfinished run or returns the finished one."""
+    """Train a method; rerunning the same command resumes an unfinished run or returns the finished one.
+
+    With --nproc N (or when started by `torchrun --nproc_per_node N -m benchmarks.cli train`), each
+    global minibatch is split across N processes and their gradients averaged (DDP).
+    """
     from benchmarks.experiment import compose_config, run_dir
     from benchmarks.experiment import train as train_run
+    from n2n_core.train import distributed
 
     cfg = compose_config(profile, method, noise, overrides, seed=seed)
     out_dir = out if out is not None else run_dir(cfg)
-    result = train_run(cfg, out_dir, data_dir=_data_dir(data_dir), progress=sys.stderr.isatty() or not json_out)
+    if nproc > 1 and distributed.env_world_size() == 1:
+        distributed.check_divisible(cfg.train.batch_size, cfg.train.budget_images, nproc)
+        argv = ["--method", method, "--noise", noise, "--profile", profile, "--out", str(out_dir),
+                *[a for o in overrides for a in ("--set", o)], *(["--seed", str(seed)] if seed is not None else []),
+                *(["--data-dir", str(data_dir)] if data_dir is not None else []), *(["--json"] if json_out else [])]
+        raise typer.Exit(distributed.launch(nproc, ["-m", "benchmarks.cli", "train", *argv]))
+    try:
+        result = train_run(cfg, out_dir, data_dir=_data_dir(data_dir), progress=sys.stderr.isatty() or not json_out)
+    finally:
+        distributed.shutdown()
+    if distributed.env_rank() != 0:
+        return  # rank 0 reports for the job
     summary = {
         "checkpoint": str(result.checkpoint) if result.checkpoint else None,
         "images_seen": result.images_seen, "skipped_steps": result.skipped_steps,
@@ -125,6 +167,9 @@ def grid(
     report: bool = typer.Option(True, help="rebuild results/ from MLflow afterwards"),
     out: Path = typer.Option(Path("results"), help="report folder"),
     runs_dir: Optional[Path] = typer.Option(None, help="checkpoints and per-job files (default runs/)"),
+    executor: str = typer.Option("local", help="local (one job after another here) or ray (a task per job)"),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join, e.g. HEAD:6379 (default: a local Ray)"),
+    ray_cpus: float = typer.Option(1, min=0.01, help="CPUs per Ray task where the cluster has no GPU (else 1 GPU)"),
 ) -> None:
     """Train and score every method variant valid for a noise style; log every run to MLflow."""
     from benchmarks.grid import default_profile, run_grid
@@ -132,19 +177,20 @@ def grid(
     profile = profile or default_profile()
     chosen = [m.strip() for m in methods.split(",")] if methods else None
     outcome = run_grid(noise, profile, chosen, overrides, tracking_uri, runs_root=runs_dir,
-                       data_dir=_data_dir(data_dir))
+                       data_dir=_data_dir(data_dir), executor=executor, ray_address=ray_address,
+                       ray_cpus=ray_cpus)
     for name, why in outcome.not_applicable.items():
         typer.echo(f"not applicable: {name} ({why})", err=True)
     typer.echo(f"grid {noise} {profile}: {len(outcome.ran)} ran, {len(outcome.skipped)} already finished, "
                f"{len(outcome.failed)} failed", err=True)
+    for name, why in outcome.failed.items():  # before the report, which may fail on its own
+        typer.echo(f"FAILED {name}: {why}", err=True)
     if report:
         from benchmarks.report import build_report
 
         written = build_report(tracking_uri, out)
         typer.echo(f"report: {len(written)} files in {out}", err=True)
     if outcome.failed:
-        for name, why in outcome.failed.items():
-            typer.echo(f"FAILED {name}: {why}", err=True)
         raise typer.Exit(1)
 
 

@@ -28,6 +28,7 @@ from n2n_core.methods import METHODS, Method, build_method
 from n2n_core.noise import parse_style
 from n2n_core.seeding import derive_seed, make_generator
 from n2n_core.tracking import NullTracker, Tracker
+from n2n_core.train import distributed
 from n2n_core.train.checkpoint import atomic_write, load_checkpoint
 from n2n_core.train.trainer import Trainer
 
@@ -125,13 +126,19 @@ def _validation(method: Method, cfg: ExperimentConfig, device, data_dir: Path):
 
 def train(cfg: ExperimentConfig, out_dir: Path, tracker: Tracker | None = None,
           data_dir: Path | None = None, progress: bool = True) -> TrainResult:
-    """Train (or resume, or return the finished run in out_dir) and return the evaluation model."""
+    """Train (or resume, or return the finished run in out_dir) and return the evaluation model.
+
+    Under torchrun (WORLD_SIZE > 1) this process joins the job as one rank of a data-parallel run
+    (n2n_core/train/distributed.py); only rank 0 writes config.json, validates, logs and saves.
+    """
     data_dir = data_dir or default_data_dir()
     device = resolve_device(cfg.train.device)
     noise = parse_style(cfg.noise)
     method = build_method(cfg.method, noise)
     if not method.trainable:
         return TrainResult(None, 0, 0, 0.0, None, method, cfg)
+    dist_ctx, device = distributed.init_from_env(device)
+    main = dist_ctx is None or dist_ctx.is_main
     stream = train_stream(resolve_set(cfg.train.train_set, data_dir), cfg.train.patch_size, cfg.seed)
     if getattr(stream, "paired", False) and not getattr(method, "accepts_pairs", False):
         raise ConfigError(f"{cfg.train.train_set} holds given noisy pairs without clean targets; only "
@@ -142,16 +149,16 @@ def train(cfg: ExperimentConfig, out_dir: Path, tracker: Tracker | None = None,
     # a folder holding a checkpoint may belong to another run (fit() refuses it): its config.json
     # is only rewritten once fit() has accepted the checkpoint as this run's
     fresh = not (checkpoint.exists() or checkpoint.with_name(checkpoint.name + ".prev").exists())
-    if fresh:
-        config_file.write_text(config_text)
+    if fresh and main:
+        atomic_write(config_file, lambda tmp: tmp.write_text(config_text))
     model = method.build_model(make_generator(derive_seed(cfg.seed, "init")))
     trainer = Trainer(method, stream, cfg.train, cfg.seed, device, tracker or NullTracker(),
-                      validate=_validation(method, cfg, device, data_dir),
+                      validate=_validation(method, cfg, device, data_dir) if main else None,
                       identity=cfg.config_hash(), meta={"config": cfg.canonical_json()},
-                      progress=progress)
+                      progress=progress, dist=dist_ctx)
     eval_model = trainer.fit(model, checkpoint)
-    if not fresh:
-        config_file.write_text(config_text)
+    if not fresh and main:
+        atomic_write(config_file, lambda tmp: tmp.write_text(config_text))
     state = trainer.final_state
     return TrainResult(checkpoint, state.images_seen, state.skipped_steps, state.seconds,
                        eval_model, method, cfg)
@@ -168,8 +175,12 @@ def load_trained(checkpoint: Path, device: torch.device) -> tuple[ExperimentConf
     model = method.build_model(make_generator(0))
     try:
         model.load_state_dict(saved["ema"] if saved.get("ema") is not None else saved["model"])
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {checkpoint} does not fit its method's network ({err})") from None
+    except (RuntimeError, KeyError) as err:  # torch's message spans many lines: keep its first
+        raise CheckpointError(
+            f"checkpoint {checkpoint} does not fit the {cfg.method.name} network its configuration "
+            f"names ({str(err).strip().splitlines()[0]}); it holds another method's weights: pass "
+            "the checkpoint that run wrote, or retrain"
+        ) from None
     return cfg, method, model.to(device).eval()
 
 

@@ -3,6 +3,10 @@
 One parent MLflow run per grid, one nested child run per job. A job whose resolved configuration
 hash already has a FINISHED run is skipped; an interrupted one resumes from its checkpoint in
 `runs/<hash>`; a failing one is marked FAILED and the grid goes on.
+
+Executors: `local` runs the jobs one after another in this process; `ray` (benchmarks/ray_executor.py)
+runs each job as a Ray task on a cluster. Both run every job through `attempt_job`, so skipping,
+resuming and failure marking are the same code.
 """
 
 from __future__ import annotations
@@ -18,17 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from n2n_core.config import ExperimentConfig, load_toml
 from n2n_core.data.images import default_data_dir
 from n2n_core.data.sets import resolve_set
 from n2n_core.device import resolve_device
-from n2n_core.errors import N2NError
+from n2n_core.errors import N2NError, NoiseNotSupported
 from n2n_core.noise import parse_style
 
 from . import experiment
-from .mlflow_tracker import PROJECT_ROOT, MlflowTracker, open_store
+from .mlflow_tracker import PROJECT_ROOT, MlflowTracker, TrackingError, default_tracking_uri, open_store
 
 GRID_FILE = experiment.CONFIG_DIR / "grid.toml"
 
@@ -65,10 +70,11 @@ def expand(noise: str, profile: str, methods: list[str] | None = None,
             continue
         try:
             jobs.append(Job(name, experiment.compose_config(profile, name, noise, overrides)))
-        except N2NError as err:
-            left_out[name] = str(err)
-        except ValueError as err:  # pydantic validation: the method refuses this noise
-            left_out[name] = str(err).splitlines()[-1].strip()
+        except ValidationError as err:
+            refusals = [e.get("ctx", {}).get("error") for e in err.errors()]
+            if not all(isinstance(r, NoiseNotSupported) for r in refusals):
+                raise  # a bad --set value or profile: an error for the whole grid, not "not applicable"
+            left_out[name] = "; ".join(str(r) for r in refusals)
     return jobs, left_out
 
 
@@ -121,37 +127,84 @@ def finished_run(client, experiment_id: str, config_hash: str):
     return runs[0] if runs else None
 
 
+def attempt_job(client, experiment_id: str, parent_id: str, job: Job, runs_root: Path,
+                data_dir: Path, progress: bool) -> tuple[str, str]:
+    """Skip a job whose configuration already has a FINISHED run, else run it (resuming its
+    checkpoint); ("skipped" | "ran" | "failed", why). Every executor runs jobs through this."""
+    try:
+        if finished_run(client, experiment_id, job.config.config_hash()) is not None:
+            return "skipped", ""
+        run_job(client, experiment_id, parent_id, job, runs_root, data_dir, progress)
+        return "ran", ""
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:  # one broken job must not sink the grid
+        return "failed", f"{type(err).__name__}: {err}"
+
+
 def run_grid(noise: str, profile: str, methods: list[str] | None = None, overrides: list[str] = (),
              tracking_uri: str | None = None, runs_root: Path | None = None,
-             data_dir: Path | None = None, progress: bool = True) -> GridOutcome:
-    """Run every job of the grid; never stops at a failing job."""
+             data_dir: Path | None = None, progress: bool = True, executor: str = "local",
+             ray_address: str | None = None, ray_cpus: float = 1) -> GridOutcome:
+    """Run every job of the grid; never stops at a failing job.
+
+    executor "local": one job after another in this process; "ray": every job as a Ray task on the
+    cluster at `ray_address` (None: a local Ray instance), one GPU each where the cluster has GPUs,
+    else `ray_cpus` CPUs each.
+    """
     data_dir = data_dir or default_data_dir()
     runs_root = runs_root or PROJECT_ROOT / "runs"
+    if executor not in ("local", "ray"):
+        raise N2NError(f"unknown executor {executor!r}; use local or ray")
+    if ray_address and executor != "ray":
+        raise N2NError("--ray-address is for --executor ray")
+    jobs, left_out = expand(noise, profile, methods, overrides)  # bad input: an error, nothing written
+    if executor == "ray":
+        from . import ray_executor
+
+        tracking_uri = tracking_uri or default_tracking_uri()
+        ray_executor.check(tracking_uri, ray_address)  # Ray installed; a remote cluster needs a server
     client, experiment_id = open_store(tracking_uri)  # before any compute: unreachable → one error
-    jobs, left_out = expand(noise, profile, methods, overrides)
+    if executor == "ray":
+        started_ray = ray_executor.connect(tracking_uri, ray_address)
     outcome = GridOutcome(not_applicable=left_out)
     parent = client.create_run(experiment_id, run_name=f"grid {noise} {profile}",
                                tags={"grid": "1", "noise": parse_style(noise).style, "profile": profile,
                                      "git_commit": _git_commit()})
     parent_id = parent.info.run_id
     started = time.time()
-    bar = tqdm(jobs, desc=f"grid {noise} {profile}", unit="job", disable=not progress, position=0)
-    for job in bar:
-        bar.set_postfix(job=job.variant, refresh=True)
-        if finished_run(client, experiment_id, job.config.config_hash()) is not None:
-            outcome.skipped.append(job.variant)
-            continue
-        try:
-            run_job(client, experiment_id, parent_id, job, runs_root, data_dir, progress)
-            outcome.ran.append(job.variant)
-        except KeyboardInterrupt:
-            client.set_terminated(parent_id, "KILLED")
-            raise
-        except Exception as err:  # one broken job must not sink the grid
-            outcome.failed[job.variant] = f"{type(err).__name__}: {err}"
+    bar = tqdm(total=len(jobs), desc=f"grid {noise} {profile}", unit="job", disable=not progress, position=0)
+    if executor == "ray":
+        results = ray_executor.run_on_ray(jobs, client, experiment_id, tracking_uri, parent_id, runs_root,
+                                          data_dir, ray_cpus, started_ray)
+    else:
+        def local():  # one job after another, each run when the loop below asks for it
+            for job in jobs:
+                bar.set_postfix(job=job.variant, refresh=True)
+                yield job, attempt_job(client, experiment_id, parent_id, job, runs_root, data_dir, progress)
+
+        results = local()
+    by_variant = {}
+    try:
+        for job, (status, why) in results:
+            by_variant[job.variant] = (status, why)
+            bar.update(1)
+    except BaseException as err:  # interrupted, or the cluster went away
+        client.set_terminated(parent_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
     bar.close()
-    client.log_metric(parent_id, "grid_wall_seconds", time.time() - started)
-    client.set_terminated(parent_id, "FAILED" if outcome.failed else "FINISHED")
+    for job in jobs:  # in grid order, whatever order the executor finished them in
+        status, why = by_variant[job.variant]
+        if status == "failed":
+            outcome.failed[job.variant] = why
+        else:
+            (outcome.ran if status == "ran" else outcome.skipped).append(job.variant)
+    try:
+        client.log_metric(parent_id, "grid_wall_seconds", time.time() - started)
+        client.set_terminated(parent_id, "FAILED" if outcome.failed else "FINISHED")
+    except Exception:  # the server went away: the jobs' outcomes are still reported to the user
+        print(f"could not close the grid run {parent_id} in MLflow (tracking server unreachable)",
+              file=sys.stderr)
     return outcome
 
 
@@ -193,10 +246,20 @@ def run_job(client, experiment_id: str, parent_id: str, job: Job, runs_root: Pat
         for path in sorted(out_dir.glob("*")):
             if path.is_file() and not path.name.endswith((".tmp", ".prev")):
                 tracker.log_artifact(path)
-        if tracker.failed_writes:
-            client.set_tag(run.info.run_id, "unlogged_metrics", str(tracker.failed_writes))
+        if tracker.broken is not None:  # never a silent loss: the job fails, naming what is missing
+            raise TrackingError(
+                f"the tracking server stopped answering ({tracker.broken}); not logged: "
+                f"{tracker.unlogged_summary()}; the checkpoint and scores are kept in {out_dir}; "
+                "rerun the same command once the server is back to log them"
+            )
         client.set_terminated(run.info.run_id, "FINISHED")
     except BaseException as err:
+        if tracker.broken is not None:  # one bounded attempt: the server may be back
+            try:
+                client.set_terminated(run.info.run_id, "FAILED")
+            except Exception:
+                pass
+            raise
         try:
             client.set_tag(run.info.run_id, "error", f"{type(err).__name__}: {err}"[:5000])
             client.set_tag(run.info.run_id, "traceback", traceback.format_exc()[-5000:])

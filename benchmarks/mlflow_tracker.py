@@ -59,19 +59,43 @@ def open_store(uri: str | None = None, experiment: str = EXPERIMENT):
 
 
 class MlflowTracker:
-    """Tracker for one MLflow run; metrics are buffered and sent in batches."""
+    """Tracker for one MLflow run; metrics are buffered and sent in batches.
+
+    A write that fails (server gone, timeout, refused) never stops the job: it is counted in
+    `unlogged`, and from then on nothing more is sent (`broken` holds the first error), so a dead
+    server costs one round of MLflow's bounded retries per job, not one per call. The caller
+    reports what was not logged (benchmarks/grid.py); a rerun logs it from the kept files.
+    """
 
     def __init__(self, client, run_id: str, flush_every: int = 50):
         self.client, self.run_id, self.flush_every = client, run_id, flush_every
         self._pending: list = []
-        self.failed_writes = 0  # metrics that could not be logged (server gone): reported, not fatal
+        self.unlogged: dict[str, int] = {}  # "metrics" / "params" / "artifacts" / "tags" → count
+        self.broken: str | None = None  # the first failed write's error; nothing is sent after it
+
+    def _send(self, kind: str, count: int, write) -> bool:
+        """Run write() unless an earlier write failed; count what was not logged."""
+        if self.broken is None:
+            try:
+                write()
+                return True
+            except Exception as err:
+                text = str(err).strip()
+                self.broken = text.splitlines()[0][:300] if text else type(err).__name__
+        self.unlogged[kind] = self.unlogged.get(kind, 0) + count
+        return False
+
+    def unlogged_summary(self) -> str:
+        """e.g. '120 metrics, 6 artifacts' (empty when everything was logged)."""
+        return ", ".join(f"{n} {kind}" for kind, n in self.unlogged.items())
 
     def log_params(self, params: Mapping[str, object]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i : i + 100])
+            chunk = items[i : i + 100]
+            self._send("params", len(chunk), lambda c=chunk: self.client.log_batch(self.run_id, params=c))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -85,15 +109,13 @@ class MlflowTracker:
         if not self._pending:
             return
         batch, self._pending = self._pending, []
-        try:
-            for i in range(0, len(batch), 500):
-                self.client.log_batch(self.run_id, metrics=batch[i : i + 500])
-        except Exception:
-            self.failed_writes += len(batch)
+        for i in range(0, len(batch), 500):
+            chunk = batch[i : i + 500]
+            self._send("metrics", len(chunk), lambda c=chunk: self.client.log_batch(self.run_id, metrics=c))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._send("artifacts", 1, lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
     def set_tags(self, tags: Mapping[str, object]) -> None:
         for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, str(value))
+            self._send("tags", 1, lambda k=key, v=value: self.client.set_tag(self.run_id, k, str(v)))

@@ -15,7 +15,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, NoiseNotSupported
 from .methods import METHODS
 from .noise import canonical_style, parse_style
 
@@ -104,7 +104,12 @@ class ExperimentConfig(Frozen):
 
     @model_validator(mode="after")
     def _method_accepts_noise(self):
-        self.method.check_noise(parse_style(self.noise))
+        try:
+            self.method.check_noise(parse_style(self.noise))
+        except NoiseNotSupported:
+            raise
+        except ConfigError as err:  # typed, so the grid can tell "not applicable" from a bad config
+            raise NoiseNotSupported(str(err)) from None
         return self
 
     @model_validator(mode="after")

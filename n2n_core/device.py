@@ -13,7 +13,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError("device cuda was asked for but CUDA is not available; use --device cpu")
+            raise ConfigError(f"device {name!r} was asked for but CUDA is not available on this machine; "
+                              "use cpu (--device cpu, or --set train.device=cpu when training)")
         return torch.device(name)
     if name != "cpu":
         raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda")

@@ -15,3 +15,11 @@ class DataError(N2NError):
 
 class CheckpointError(N2NError):
     """A checkpoint that is damaged or belongs to another run, method or version."""
+
+
+class NoiseNotSupported(ConfigError):
+    """A method that cannot model the run's noise style (the grid leaves such pairs out)."""
+
+
+class StorageError(N2NError):
+    """A file that could not be written (disk full, no permission); the previous one is kept."""

@@ -19,7 +19,7 @@ echo "Setting up $venv (first run or changed pins; this takes a few minutes)..."
 [[ -x "$venv/bin/python" ]] || "$py" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$root/requirements.lock" 2>&1 \
   | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e "$root[test]" 2>&1 \
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e "$root[test,cluster]" 2>&1 \
   | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
 "$venv/bin/python" -c 'import torch, bm3d, mlflow, n2n_core, benchmarks' \
   || { echo "environment check failed: delete .venv and rerun" >&2; exit 1; }

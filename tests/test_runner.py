@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 from benchmarks.grid import run_grid
 from benchmarks.mlflow_tracker import TrackingError, open_store
 from benchmarks.report import build_report
+from conftest import free_port, start_mlflow_server
 
 TINY = [
     "train.budget_images=8", "train.patch_size=32", "train.batch_size=4",
@@ -68,35 +68,9 @@ def test_sqlite_grid_logs_runs_skips_finished_and_report_is_reproducible(tmp_pat
     assert _digest(tmp_path / "results") == snapshot and len(first) >= 4
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    import urllib.request
-
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail("mlflow server exited at start")
-            time.sleep(1)
-    else:
-        pytest.fail("mlflow server did not start within 120 s")
+    proc, uri = start_mlflow_server(tmp_path)
     yield uri
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)
@@ -119,7 +93,7 @@ def test_grid_logs_to_a_real_mlflow_server_over_http(tmp_path, data_dir, mlflow_
 def test_unreachable_or_malformed_tracking_uri_fails_before_compute():
     started = time.time()
     with pytest.raises(TrackingError, match="unreachable"):
-        open_store(f"http://127.0.0.1:{_free_port()}")
+        open_store(f"http://127.0.0.1:{free_port()}")
     assert time.time() - started < 60
     with pytest.raises(TrackingError, match="malformed"):
         open_store("htp:/nowhere")

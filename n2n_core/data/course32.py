@@ -34,7 +34,9 @@ def load_pair_file(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # weights_only refuses any global that is not a plain tensor type
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        from ..train.checkpoint import weights_only_reason
+
+        first = weights_only_reason(err)
         raise DataError(
             f"{path} was refused: it is not a pickle of plain tensors ({first}); only two uint8 "
             "tensors N×3×32×32 are accepted, and no code is run from these files"

@@ -25,6 +25,7 @@ from ..errors import CheckpointError, N2NError
 from ..methods.base import Method, Rngs
 from ..seeding import derive_seed, make_generator
 from ..tracking import NullTracker, Tracker
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .schedule import lr_at
 
@@ -92,7 +93,8 @@ class Trainer:
     def __init__(self, method: Method, stream: CropStream, cfg: TrainConfig, seed: int,
                  device: torch.device, tracker: Tracker | None = None,
                  validate: Callable[[nn.Module], float] | None = None,
-                 identity: str = "", meta: dict | None = None, progress: bool = True):
+                 identity: str = "", meta: dict | None = None, progress: bool = True,
+                 dist: distributed.DistContext | None = None):
         self.method, self.stream, self.cfg, self.seed = method, stream, cfg, seed
         self.device = device
         self.tracker = tracker or NullTracker()
@@ -100,6 +102,10 @@ class Trainer:
         self.identity = identity  # config hash: a checkpoint of another run is refused
         self.meta = meta or {}  # plain values stored with every checkpoint (e.g. the config JSON)
         self.progress = progress
+        # one process of a torchrun job (distributed.py): only rank 0 logs, validates and saves
+        self.dist = dist
+        if dist is not None and not dist.is_main:
+            self.tracker, self.validate, self.progress = NullTracker(), None, False
 
     def rngs(self, step: int) -> Rngs:
         """Fresh generators for step `step` (noise drawn on the training device)."""
@@ -156,6 +162,10 @@ class Trainer:
                                             or Path(str(checkpoint_path) + ".prev").exists()):
             state = self._restore(Path(checkpoint_path), model, optimizer, ema)
         budget, batch = self.cfg.budget_images, self.cfg.batch_size
+        stepped = model  # what a step trains through: the model itself, or its DDP view
+        if self.dist is not None:
+            distributed.check_divisible(batch, budget, self.dist.world_size)
+            stepped = distributed.wrap(model, self.device)
         from tqdm import tqdm
 
         bar = tqdm(total=budget, initial=state.images_seen, unit="img", disable=not self.progress,
@@ -165,7 +175,7 @@ class Trainer:
         started = time.perf_counter() - state.seconds
         while state.images_seen < budget:
             n = min(batch, budget - state.images_seen)
-            loss_value = self._step(model, optimizer, ema, state, n)
+            loss_value = self._step(stepped, optimizer, ema, state, n)
             state.images_seen += n
             state.seconds = time.perf_counter() - started
             bar.update(n)
@@ -186,21 +196,30 @@ class Trainer:
             if checkpoint_path is not None and (state.images_seen >= next_ckpt or state.images_seen >= budget):
                 next_ckpt += self.cfg.checkpoint_every_images
                 paused = time.perf_counter()
-                save_checkpoint(self._state_dict(model, optimizer, ema, state,
-                                                 finished=state.images_seen >= budget), checkpoint_path)
+                if self.dist is None or self.dist.is_main:
+                    save_checkpoint(self._state_dict(model, optimizer, ema, state,
+                                                     finished=state.images_seen >= budget), checkpoint_path)
+                if self.dist is not None:
+                    distributed.barrier()  # the other ranks wait until the file is whole
                 started += time.perf_counter() - paused
         bar.close()
         self.final_state = state
         return (ema or model).eval()
 
     def _step(self, model, optimizer, ema, state: TrainState, n: int) -> float:
-        """One optimizer step on n images; a step with any non-finite gradient is skipped entirely."""
+        """One optimizer step on n images; a step with any non-finite gradient is skipped entirely.
+
+        In a torchrun job every rank builds the same global pair and trains on its own rows of it
+        (distributed.py); DDP averages the gradients, so all ranks skip or step together.
+        """
         step = state.images_seen // self.cfg.batch_size
         for group in optimizer.param_groups:
             group["lr"] = lr_at(state.images_seen, self.cfg.budget_images, self.cfg.lr,
                                 self.cfg.ramp_up, self.cfg.ramp_down)
         clean = self.stream.batch(state.images_seen, n).to(self.device, non_blocking=True)
         pair = self.method.training_pair(clean, self.rngs(step))
+        if self.dist is not None:
+            pair = distributed.shard_pair(pair, self.dist, n, self.seed, step)
         optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             out = self.method.loss(model, pair)
@@ -220,4 +239,6 @@ class Trainer:
             with torch.no_grad():
                 torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()),
                                      1.0 - self.cfg.ema_decay)
+        if self.dist is not None:
+            return distributed.mean_over_ranks(out.loss)  # the global batch's loss
         return float(out.loss.detach())
