@@ -27,21 +27,33 @@ def _save(fig, path: Path) -> Path:
 
 
 def learning_curves(client, runs, noise: str, profile: str, out: Path) -> list[Path]:
-    """Validation PSNR against images seen and against training seconds, every trained method."""
+    """Validation PSNR against images seen and against training seconds, every trained method.
+
+    One row per training-crop size (validation uses crops of that size, so PSNRs of different rows
+    are not comparable), methods in the order given (the grid's), legend beside each row.
+    """
     rows = []
     for run in runs:
         psnr = client.get_metric_history(run.run_id, "val_psnr")
         seconds = {m.step: m.value for m in client.get_metric_history(run.run_id, "train_seconds")}
-        rows += [{"method": run.variant, "images seen": m.step, "validation PSNR (dB)": m.value,
-                  "training seconds": seconds.get(m.step, np.nan)} for m in psnr]
+        crop = run.params.get("train.patch_size", "?")
+        rows += [{"method": run.variant, "crop": f"{crop}² crops", "images seen": m.step,
+                  "validation PSNR (dB)": m.value, "training seconds": seconds.get(m.step, np.nan)}
+                 for m in psnr]
     if not rows:
         return []
-    data = pd.DataFrame(rows).sort_values(["method", "images seen"])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, x in zip(axes, ["images seen", "training seconds"]):
-        sns.lineplot(data=data, x=x, y="validation PSNR (dB)", hue="method", marker="o", ax=ax)
-    axes[0].set_title("per image seen")
-    axes[1].set_title("per second of training (time-to-quality)")
+    data = pd.DataFrame(rows)
+    groups = list(dict.fromkeys(data["crop"]))  # first appearance: the grid's main methods first
+    fig, axes = plt.subplots(len(groups), 2, figsize=(13, 3.6 * len(groups)), squeeze=False)
+    for row, crop in zip(axes, groups):
+        part = data[data["crop"] == crop].sort_values(["images seen"], kind="stable")
+        order = list(dict.fromkeys(part["method"]))
+        for ax, x in zip(row, ["images seen", "training seconds"]):
+            sns.lineplot(data=part, x=x, y="validation PSNR (dB)", hue="method", hue_order=order,
+                         marker="o", ax=ax, legend=ax is row[1])
+        row[0].set_title(f"{crop}: per image seen")
+        row[1].set_title(f"{crop}: per second of training (time-to-quality)")
+        sns.move_legend(row[1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=8, title="method")
     fig.suptitle(f"Validation PSNR, {noise}, profile {profile}")
     fig.tight_layout()
     return [_save(fig, out / f"curves-{noise}-{profile}.png")]
@@ -90,13 +102,17 @@ def per_image_vs_n2c(client, runs, noise, profile, dataset: str, out: Path) -> l
 
 
 def crop_grid(client, runs, noise, profile, dataset: str, out: Path) -> list[Path]:
-    """noisy / each method / clean on the same crop of the first image."""
+    """noisy / each method (in the order given) / clean on the same crop of the first image.
+
+    The `noisy` method's output is the noisy input, shown once as the first panel."""
     from PIL import Image
 
     panels = []
     with tempfile.TemporaryDirectory() as tmp:
         first = None
         for run in runs:
+            if run.variant == "noisy":
+                continue
             path = _artifact(client, run.run_id, f"crop-{dataset}-denoised.png", Path(tmp) / run.run_id)
             if path is None:
                 continue
@@ -108,11 +124,16 @@ def crop_grid(client, runs, noise, profile, dataset: str, out: Path) -> list[Pat
                 for label in ("noisy", "clean")]
         ends = [(label, np.asarray(Image.open(p).convert("RGB"))) for label, p in ends if p is not None]
     panels = ends[:1] + panels + ends[1:]
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.6))
-    for ax, (label, image) in zip(np.atleast_1d(axes), panels):
-        ax.imshow(image)
-        ax.set_title(label, fontsize=9)
+    # rows of at most 5 panels; nearest-neighbour scaling keeps the pixels as the methods made them
+    # (and the PNG small: smoothed noise does not compress)
+    cols = min(5, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.5 * rows), squeeze=False)
+    for ax in axes.flat:
         ax.axis("off")
+    for ax, (label, image) in zip(axes.flat, panels):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(label, fontsize=9)
     fig.suptitle(f"{dataset}, first image, {noise}, profile {profile}", fontsize=10)
     fig.tight_layout()
     return [_save(fig, out / f"crops-{dataset}-{noise}-{profile}.png")]

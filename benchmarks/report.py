@@ -67,16 +67,21 @@ def load_baselines() -> pd.DataFrame:
     return table.drop_duplicates(["variant", "noise", "dataset"], keep="first")
 
 
+def in_grid_order(runs: list[JobRun]) -> list[JobRun]:
+    """Runs in the grid's row order (grid.toml), unknown variants last by name."""
+    order = variant_order()
+    return sorted(runs, key=lambda r: (order.index(r.variant) if r.variant in order else len(order), r.variant))
+
+
 def build_table(runs: list[JobRun], noise: str) -> pd.DataFrame:
     """One row per variant: ours, published, Δ and the published number's convention per set."""
-    order = variant_order()
     sets = [s for s in SET_ORDER if any(f"psnr_{s}" in r.metrics for r in runs)]
     sets += sorted({k[5:] for r in runs for k in r.metrics if k.startswith("psnr_")} - set(sets))
     published = load_baselines()
     # noise "*": a number measured on data that brings its own corruption (course32)
     published = published[published.noise.isin([noise, "*"])].set_index(["variant", "dataset"])
     rows = []
-    for run in sorted(runs, key=lambda r: (order.index(r.variant) if r.variant in order else 99, r.variant)):
+    for run in in_grid_order(runs):
         row = {"variant": run.variant}
         for name in sets:
             ours = run.metrics.get(f"psnr_{name}")
@@ -91,11 +96,16 @@ def build_table(runs: list[JobRun], noise: str) -> pd.DataFrame:
 
 
 def crop_sizes(runs: list[JobRun]) -> str:
-    """'128²', or '128² (32² for course-prelu, course-strided)' when variants trained on other crops."""
+    """'128²', or '128² (32² for course-prelu, course-strided)' when variants trained on other crops.
+
+    The first trained run's size leads (table order: the paper's methods before the course's);
+    training-free runs (noisy, cbm3d: images_seen 0) saw no crops and are left out.
+    """
+    trained = [run for run in in_grid_order(runs) if run.metrics.get("images_seen", 1) > 0] or runs
     by_size: dict[str, list[str]] = defaultdict(list)
-    for run in runs:
+    for run in trained:
         by_size[str(run.params.get("train.patch_size"))].append(run.variant)
-    main = max(sorted(by_size), key=lambda size: len(by_size[size]))
+    main = str(trained[0].params.get("train.patch_size"))
     others = "; ".join(f"{size}² for {', '.join(sorted(names))}"
                        for size, names in sorted(by_size.items()) if size != main)
     return f"{main}²" + (f" ({others})" if others else "")
@@ -177,7 +187,7 @@ def build_report(tracking_uri: str | None, out: Path, readme: Path | None = PROJ
         written.append(_write_text(stem.with_suffix(".csv"), table.to_csv(index=False, float_format="%.4f")))
         from . import figures
 
-        written += figures.all_figures(client, runs, noise, profile, sets, out / "figures")
+        written += figures.all_figures(client, in_grid_order(runs), noise, profile, sets, out / "figures")
         if readme is not None and readme.exists():
             update_readme(readme, noise, profile, markdown)
     return written

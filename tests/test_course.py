@@ -287,8 +287,9 @@ def test_report_names_the_32px_crops_and_joins_course32_baselines_whatever_the_n
         return JobRun(variant, variant, "gaussian25", "quick", {"train.patch_size": patch}, metrics, {}, 0)
 
     runs = [run("n2c", "128", {"psnr_kodak24": 30.0}), run("n2n", "128", {"psnr_kodak24": 30.0}),
-            run("course-strided", "32", {"psnr_course32": 25.0})]
-    assert crop_sizes(runs) == "128² (32² for course-strided)"
+            run("course-strided", "32", {"psnr_course32": 25.0}), run("course-prelu", "32", {}),
+            run("cbm3d", "64", {"psnr_kodak24": 31.0, "images_seen": 0})]  # trained on nothing
+    assert crop_sizes(runs) == "128² (32² for course-prelu, course-strided)"
     table, sets = build_table(runs, "gaussian25")
     row = table.set_index("variant").loc["course-strided"]
     assert "course32" in sets and row["course32_published"] == pytest.approx(25.81)
