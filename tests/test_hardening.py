@@ -312,8 +312,8 @@ def test_every_torch_load_is_weights_only():
 
 def test_every_library_writer_goes_through_atomic_write():
     # a file written in place can be left half-written; the library writes through atomic_write
-    # (temporary file + fsync + os.replace) or its own temp-file-and-replace (download, CBM3D cache,
-    # scratch weights, which open their temporary file with mkstemp)
+    # (temporary file + fsync + os.replace) or, for downloads streamed to disk, its own
+    # temp-file-and-replace (mkstemp)
     in_place = []
     for path in [*sorted((REPO / "n2n_core").rglob("*.py")), *sorted((REPO / "benchmarks").glob("*.py"))]:
         text = path.read_text()
@@ -327,6 +327,42 @@ def test_every_library_writer_goes_through_atomic_write():
                 if not {ast.get_source_segment(text, a) for a in targets} & {"tmp", "buffer", "fh", "handle"}:
                     in_place.append(f"{path.relative_to(REPO)}:{node.lineno}: {segment}")
     assert in_place == []
+
+
+@pytest.mark.parametrize("writer", ["cbm3d-cache", "scratch-weights"])
+def test_other_writers_on_a_full_disk_keep_the_previous_file(monkeypatch, tmp_path, writer):
+    # the CBM3D result cache and the from-scratch network's weights go through atomic_write too:
+    # ENOSPC midway → one-line StorageError, no temporary file, the previous file byte-identical
+    from n2n_core.errors import StorageError
+    from n2n_core.methods.cbm3d import ResultCache
+    from n2n_core.scratch.serialization import load_state, save_state
+
+    old, new = torch.arange(12, dtype=torch.float32).reshape(3, 2, 2), torch.full((3, 2, 2), 7.0)
+    if writer == "cbm3d-cache":
+        cache = ResultCache(tmp_path)
+        target = cache.path("k" * 64)
+
+        def write(value):
+            cache.store("k" * 64, value.numpy())
+
+        def read():
+            return torch.from_numpy(np.load(target, allow_pickle=False))
+    else:
+        target = tmp_path / "weights.safetensors"
+
+        def write(value):
+            save_state({"w": value}, target)
+
+        def read():
+            return load_state(target)["w"]
+    write(old)
+    before = target.read_bytes()
+    disk_full(monkeypatch, lambda path: path.name.startswith(target.name))
+    with pytest.raises(StorageError, match="No space left on device.*free some disk space"):
+        write(new)
+    monkeypatch.undo()
+    assert target.read_bytes() == before and torch.equal(read(), old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]  # no temporary file left
 
 
 # ----------------------------------------------------------------------------- accepted odd inputs

@@ -62,7 +62,7 @@ import json
 import math
 import multiprocessing
 import os
-import tempfile
+import io
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -76,6 +76,7 @@ from pydantic import Field
 
 from ..errors import ConfigError, N2NError
 from ..noise import NoiseModel, NoisyBatch
+from ..train.checkpoint import atomic_write
 from .base import Method, MethodConfigBase
 
 BM3D_PIN = "bm3d==4.0.3"
@@ -286,20 +287,16 @@ class ResultCache:
         return arr
 
     def store(self, key: str, arr: np.ndarray) -> None:
-        """Write atomically: a temporary file in the same folder, then os.replace."""
+        """Write atomically (checkpoint.atomic_write: temporary file, fsync, os.replace); a full
+        disk is a one-line StorageError and leaves no partial file."""
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}-", suffix=".tmp", dir=self.folder)
         except OSError as err:
             raise N2NError(f"cannot write the CBM3D cache folder {self.folder} ({err}); "
                            "set method.cache_dir to a writable folder") from None
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
-            os.replace(tmp, self.path(key))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.path(key), lambda tmp: tmp.write_bytes(buffer.getbuffer()))
 
 
 def cache_key(z: np.ndarray, image_id: str, repeat: int, kind: str, level: float,

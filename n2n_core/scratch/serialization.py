@@ -5,7 +5,8 @@ dependency): an 8-byte little-endian header length N, N bytes of JSON
 ``{name: {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}, "__metadata__": {...}}``,
 then the raw little-endian tensor bytes. Loading parses JSON and copies bytes, so no code can run
 from a weight file; a pickle (or anything else that is not this layout) is refused with a
-CheckpointError. Writes go to a temporary file in the same folder, then ``os.replace``.
+CheckpointError. Writes go through ``train.checkpoint.atomic_write`` (temporary file, fsync,
+``os.replace``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from n2n_core.errors import CheckpointError
+from n2n_core.train.checkpoint import atomic_write
 
 FORMAT_TAG = "n2n-scratch-weights/1"
 _MAX_HEADER = 64 * 1024 * 1024
@@ -74,23 +75,9 @@ def save_state(
     header["__metadata__"] = meta
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)  # align the data section, as safetensors does
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(len(encoded).to_bytes(8, "little"))
-            handle.write(encoded)
-            for blob in blobs:
-                handle.write(blob)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    payload = b"".join([len(encoded).to_bytes(8, "little"), encoded, *blobs])
+    # temporary file + fsync + os.replace; a full disk is a one-line StorageError, nothing partial
+    atomic_write(path, lambda tmp: tmp.write_bytes(payload))
     return path
 
 
