@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from n2n_core.train.schedule import lr_at
+from n2n_core.train.schedule import ema_decay_at, lr_at
 
 LR = 3e-4
 N = 2_000_000  # the paper's budget in images
@@ -60,3 +60,21 @@ def test_monotone_up_flat_then_down():
     assert all(a > b for a, b in zip(down, down[1:])), "ramp-down must decrease strictly"
     assert max(values) <= LR * (1 + 1e-12)
     assert min(values) == 0.0
+
+
+def test_ema_warmup_by_hand():
+    assert ema_decay_at(0, 0.999, warmup=True) == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    assert ema_decay_at(90, 0.999, warmup=True) == pytest.approx(0.91)  # 91 / 100
+    assert ema_decay_at(8990, 0.999, warmup=True) == pytest.approx(0.999)  # 8991 / 9000: caught up
+    assert ema_decay_at(10**6, 0.999, warmup=True) == 0.999  # never above the configured decay
+    assert ema_decay_at(0, 0.999, warmup=False) == 0.999
+
+
+def test_n2v_warms_its_average_up_unless_told_not_to():
+    from n2n_core.methods import build_method, method_config
+    from n2n_core.noise import parse_style
+
+    noise = parse_style("gaussian25")
+    warmed = build_method(method_config("n2v"), noise)
+    plain = build_method(method_config("n2v", ema_warmup=False), noise)
+    assert warmed.ema_decay(0.999, 0) == pytest.approx(0.1) and plain.ema_decay(0.999, 0) == 0.999

@@ -252,6 +252,26 @@ def test_nan_step_leaves_weights_untouched_and_is_counted(crops, tmp_path):
         torch.testing.assert_close(got.detach(), want, rtol=1e-6, atol=1e-7)
 
 
+def test_ema_follows_the_method_decay_schedule(crops, tmp_path):
+    # a method's ema_decay hook sets each update's decay; here the warm-up rule by hand:
+    # d_t = min(0.999, (1 + t) / (10 + t)) = 0.1, 2/11, 3/12, 4/13 for the four steps
+    class WarmedUp(TinyMethod):
+        def ema_decay(self, decay, step):
+            return min(decay, (1 + step) / (10 + step))
+
+    method = WarmedUp(TinyConfig(), GAUSS25)
+    model = method.build_model(make_generator(0))
+    snapshots = []
+    stream = ScriptedStream(crops, on_batch=lambda n: snapshots.append(params(model)))
+    ema_model = trainer(method, stream, cfg(ema_decay=0.999)).fit(model, tmp_path / "c.pt")
+    snapshots.append(params(model))
+    ema = snapshots[0]
+    for k, decay in enumerate([1 / 10, 2 / 11, 3 / 12, 4 / 13]):
+        ema = [e + (1 - decay) * (w - e) for e, w in zip(ema, snapshots[k + 1])]
+    for got, want in zip(ema_model.parameters(), ema):
+        torch.testing.assert_close(got.detach(), want, rtol=1e-6, atol=1e-7)
+
+
 def test_too_many_consecutive_nonfinite_steps_raise(crops):
     method = tiny_method()
     stream = ScriptedStream(crops, nan_at={4, 8, 12, 16})

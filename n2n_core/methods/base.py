@@ -53,6 +53,8 @@ class Method:
 
     Optional hook: `make_optimizer(model, train_cfg)` returns the optimizer the trainer steps
     (the scratch network's own SGD); without it the trainer uses Adam (METHODS.md §2).
+    `ema_decay(decay, step)` gives the decay of the weights' moving average (train.ema_decay) at
+    update `step`; the default keeps it constant.
     """
 
     trainable: ClassVar[bool] = True
@@ -63,6 +65,9 @@ class Method:
         config.check_noise(noise)
         self.config = config
         self.noise = noise
+
+    def ema_decay(self, decay: float, step: int) -> float:
+        return decay
 
     def build_model(self, rng: torch.Generator) -> nn.Module | None:
         """One module holding every trainable parameter, initialised from `rng`."""

@@ -24,3 +24,15 @@ def lr_at(images_seen: int, budget_images: int, base_lr: float,
     if ramp_down > 0 and n >= total:
         return 0.0
     return base_lr * factor
+
+
+def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
+    """Decay of the weights' moving average at update `step` (0-based).
+
+    With warmup, min(decay, (1 + step) / (10 + step)), TensorFlow's ExponentialMovingAverage
+    rule with num_updates: the first updates average quickly, so a short run is not dominated by
+    the random initial weights (with a fixed 0.999, 500 steps leave them a weight of
+    0.999^500 ≈ 0.61). From step 8,990 on the two agree for decay 0.999, so long runs are unchanged
+    but for the faded first steps.
+    """
+    return min(decay, (1 + step) / (10 + step)) if warmup else decay

@@ -237,8 +237,8 @@ class Trainer:
         optimizer.step()
         if ema is not None:
             with torch.no_grad():
-                torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()),
-                                     1.0 - self.cfg.ema_decay)
+                decay = self.method.ema_decay(self.cfg.ema_decay, step)
+                torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
         if self.dist is not None:
             return distributed.mean_over_ranks(out.loss)  # the global batch's loss
         return float(out.loss.detach())
