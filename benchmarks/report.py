@@ -42,7 +42,10 @@ class JobRun:
 
 
 def finished_job_runs(client, experiment_id) -> list[JobRun]:
-    """The newest FINISHED child run per (variant, noise, profile, config hash)."""
+    """The newest FINISHED child run per (variant, noise, profile).
+
+    A table row is a variant: when its configuration changed (a fix, a --set), the newest run is
+    the one shown; the older ones stay in MLflow to compare in `mlflow ui`."""
     runs = client.search_runs([experiment_id], filter_string="attributes.status = 'FINISHED'",
                               max_results=50000, order_by=["attributes.end_time DESC"])
     newest: dict[tuple, JobRun] = {}
@@ -50,7 +53,7 @@ def finished_job_runs(client, experiment_id) -> list[JobRun]:
         tags = run.data.tags
         if "variant" not in tags:
             continue  # grid parent runs
-        key = (tags["variant"], tags["noise"], tags["profile"], tags.get("config_hash"))
+        key = (tags["variant"], tags["noise"], tags["profile"])
         if key not in newest:
             newest[key] = JobRun(run.info.run_id, tags["variant"], tags["noise"], tags["profile"],
                                  dict(run.data.params), dict(run.data.metrics), dict(tags),

@@ -140,3 +140,28 @@ def test_grid_killed_mid_job_resumes_and_matches_an_uninterrupted_run(tmp_path, 
     psnr_clean, weights_clean = final("clean")
     assert psnr_resumed == psnr_clean
     assert all(torch.equal(weights_resumed[k], weights_clean[k]) for k in weights_clean)
+
+
+def test_report_shows_the_newest_finished_run_of_each_variant(tmp_path):
+    # a variant whose configuration changed (a fix, a --set) has several FINISHED runs with different
+    # hashes; its table row is the newest one, and unfinished runs never count
+    from benchmarks.report import finished_job_runs
+
+    client, experiment_id = open_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def run(variant, config_hash, psnr, status="FINISHED"):
+        tags = {"variant": variant, "noise": "gaussian25", "profile": "quick", "config_hash": config_hash}
+        run_id = client.create_run(experiment_id, tags=tags).info.run_id
+        client.log_metric(run_id, "psnr_kodak24", psnr)
+        client.set_terminated(run_id, status)
+        time.sleep(0.01)  # distinct end times
+        return run_id
+
+    run("n2v", "aaa", 15.0)
+    newest = run("n2v", "bbb", 26.0)
+    run("n2v", "ccc", 99.0, status="FAILED")
+    only_n2c = run("n2c", "ddd", 27.0)
+    rows = {r.variant: r for r in finished_job_runs(client, experiment_id)}
+    assert set(rows) == {"n2v", "n2c"}
+    assert rows["n2v"].run_id == newest and rows["n2v"].metrics["psnr_kodak24"] == 26.0
+    assert rows["n2c"].run_id == only_n2c
