@@ -19,7 +19,7 @@ from n2n_core.config import ExperimentConfig, load_toml, merge_layers
 from n2n_core.data.images import default_data_dir
 from n2n_core.data.course32 import train_stream
 from n2n_core.data.sets import resolve_set
-from n2n_core.errors import CheckpointError, ConfigError
+from n2n_core.errors import CheckpointError, ConfigError, first_line
 from n2n_core.evaluation.paired import make_evaluator
 from n2n_core.evaluation.protocol import EvalRecord, EvalResult
 from n2n_core.evaluation.psnr import quantize_uint8
@@ -178,7 +178,7 @@ def load_trained(checkpoint: Path, device: torch.device) -> tuple[ExperimentConf
     except (RuntimeError, KeyError) as err:  # torch's message spans many lines: keep its first
         raise CheckpointError(
             f"checkpoint {checkpoint} does not fit the {cfg.method.name} network its configuration "
-            f"names ({str(err).strip().splitlines()[0]}); it holds another method's weights: pass "
+            f"names ({first_line(err)}); it holds another method's weights: pass "
             "the checkpoint that run wrote, or retrain"
         ) from None
     return cfg, method, model.to(device).eval()

@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from n2n_core.errors import N2NError
+from n2n_core.errors import N2NError, first_line
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = "n2n-bench"
@@ -51,9 +51,8 @@ def open_store(uri: str | None = None, experiment: str = EXPERIMENT):
     except TrackingError:
         raise
     except Exception as err:  # connection refused, DNS, HTTP 5xx, bad database...
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise TrackingError(
-            f"tracking server {uri} is unreachable or unusable ({first}); start it, fix "
+            f"tracking server {uri} is unreachable or unusable ({first_line(err, 200)}); start it, fix "
             "--tracking-uri / MLFLOW_TRACKING_URI, or leave both unset for the local sqlite store"
         ) from None
 
@@ -80,8 +79,7 @@ class MlflowTracker:
                 write()
                 return True
             except Exception as err:
-                text = str(err).strip()
-                self.broken = text.splitlines()[0][:300] if text else type(err).__name__
+                self.broken = first_line(err)
         self.unlogged[kind] = self.unlogged.get(kind, 0) + count
         return False
 

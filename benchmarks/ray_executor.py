@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-from n2n_core.errors import N2NError
+from n2n_core.errors import N2NError, first_line
 
 from .grid import Job
 
@@ -82,8 +82,7 @@ def connect(tracking_uri: str, address: str | None) -> bool:
             ray.init(address=None if local else address, runtime_env={"env_vars": env} if env else None,
                      include_dashboard=False if local else None)
         except (ConnectionError, RuntimeError, ValueError) as err:
-            first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-            raise N2NError(f"could not connect to the Ray cluster at {address} ({first}); start it with "
+            raise N2NError(f"could not connect to the Ray cluster at {address} ({first_line(err)}); start it with "
                            "`ray start --head` or fix --ray-address") from None
     alive = [n for n in ray.nodes() if n.get("Alive")]
     if store_is_local(tracking_uri) and len(alive) > 1:
@@ -137,8 +136,7 @@ def run_on_ray(jobs: list[Job], client, experiment_id: str, tracking_uri: str, p
                 try:
                     outcome = ray.get(ref)
                 except Exception as err:  # the worker or its node died: no Python error to report
-                    first = str(err).strip().splitlines()[0][:500] if str(err).strip() else ""
-                    outcome = ("failed", f"{type(err).__name__}: {first}")
+                    outcome = ("failed", f"{type(err).__name__}: {first_line(err, 500)}")
                 yield job, outcome
     finally:
         for ref in pending:  # interrupted: the tasks' own handlers mark their runs KILLED

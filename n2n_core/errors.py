@@ -23,3 +23,10 @@ class NoiseNotSupported(ConfigError):
 
 class StorageError(N2NError):
     """A file that could not be written (disk full, no permission); the previous one is kept."""
+
+
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (its type name when it has none), cut to
+    `limit` characters: what a one-line error quotes from a library's multi-line message."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__

@@ -74,7 +74,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..errors import ConfigError, N2NError
+from ..errors import ConfigError, N2NError, first_line
 from ..noise import NoiseModel, NoisyBatch
 from ..train.checkpoint import atomic_write
 from .base import Method, MethodConfigBase
@@ -120,7 +120,7 @@ def import_bm3d():
     try:
         return importlib.import_module("bm3d")
     except Exception as err:  # ImportError, or e.g. an OSError loading bm4d's shared library
-        reason = f"{type(err).__name__}: {err}".splitlines()[0]
+        reason = f"{type(err).__name__}: {first_line(err)}"
         raise N2NError(
             f"bm3d is not installed or failed to import ({reason}); install it with "
             f"`pip install {BM3D_PIN}` (non-commercial licence)"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, StorageError
+from ..errors import CheckpointError, StorageError, first_line
 
 FORMAT_VERSION = 1
 
@@ -67,7 +67,7 @@ def weights_only_reason(err: Exception) -> str:
     for before, line in zip(lines, lines[1:]):
         if line.startswith("Check the documentation"):
             return before[:200]
-    return lines[0][:200] if lines else type(err).__name__
+    return first_line(err, 200)
 
 
 def _load_one(path: Path, map_location) -> dict:
@@ -80,7 +80,7 @@ def _load_one(path: Path, map_location) -> dict:
             "n2n-bench, or retrain"
         ) from None
     except Exception as err:  # truncated zip, garbage: "damaged"
-        first = str(err).strip().splitlines()[0].split(". ")[0][:200] if str(err).strip() else type(err).__name__
+        first = first_line(err, 200).split(". ")[0]
         raise CheckpointError(
             f"checkpoint {path} is damaged or not a checkpoint ({first}); retrain, or restore it "
             "from the run's MLflow artifacts"
