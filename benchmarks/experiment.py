@@ -17,8 +17,8 @@ from torch import nn
 
 from n2n_core.config import ExperimentConfig, load_toml, merge_layers
 from n2n_core.data.images import default_data_dir
-from n2n_core.data.course32 import train_stream
 from n2n_core.data.sets import resolve_set
+from n2n_core.data.train_stream import stream_for
 from n2n_core.errors import CheckpointError, ConfigError, first_line
 from n2n_core.evaluation.paired import make_evaluator
 from n2n_core.evaluation.protocol import EvalRecord, EvalResult
@@ -139,7 +139,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, tracker: Tracker | None = None,
         return TrainResult(None, 0, 0, 0.0, None, method, cfg)
     dist_ctx, device = distributed.init_from_env(device)
     main = dist_ctx is None or dist_ctx.is_main
-    stream = train_stream(resolve_set(cfg.train.train_set, data_dir), cfg.train.patch_size, cfg.seed)
+    stream = stream_for(resolve_set(cfg.train.train_set, data_dir), cfg.train.patch_size, cfg.seed)
     if getattr(stream, "paired", False) and not getattr(method, "accepts_pairs", False):
         raise ConfigError(f"{cfg.train.train_set} holds given noisy pairs without clean targets; only "
                           "course variants trained as N2N (method.target=\"n2n\") can train on it")

@@ -140,11 +140,3 @@ class PairStream:
             index.append(int(self.order(epoch)[position]))
         return self.pairs[index].to(torch.float32).div_(255.0)
 
-
-def train_stream(image_set, patch_size: int, seed: int):
-    """The training stream for a resolved set: given pairs for course32, else random crops."""
-    from .train_stream import CropStream
-
-    if hasattr(image_set, "train_pairs"):
-        return PairStream(*image_set.train_pairs(), patch_size, seed)
-    return CropStream(image_set.load(), patch_size, seed)

@@ -66,3 +66,13 @@ class CropStream:
         """Crops number images_seen … images_seen + batch_size − 1 as float32 (B, 3, P, P) in [0, 1]."""
         crops = torch.stack([self.crop(images_seen + i) for i in range(batch_size)])
         return crops.to(torch.float32).div_(255.0)
+
+
+def stream_for(image_set, patch_size: int, seed: int):
+    """The training stream of a resolved set: random crops, or the given noisy pairs of a set that
+    brings them (course32:DIR, whose PairStream hands out 6-channel input‖target batches)."""
+    if hasattr(image_set, "train_pairs"):
+        from .course32 import PairStream
+
+        return PairStream(*image_set.train_pairs(), patch_size, seed)
+    return CropStream(image_set.load(), patch_size, seed)
