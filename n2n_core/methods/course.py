@@ -107,9 +107,11 @@ class Course(Method):
         return course_unet(self.config.network, rng, channels)
 
     def make_optimizer(self, model, train_cfg):
-        """Adam(β1 0.9, β2 0.99, ε 1e-8) or SGD (the framework's own for the scratch network)."""
+        """The trainer's Adam (METHODS.md §2), or SGD (the framework's own for the scratch network)."""
         if self.config.resolved_optimizer() == "adam":
-            return torch.optim.Adam(model.parameters(), lr=train_cfg.lr, betas=(0.9, 0.99), eps=1e-8)
+            from ..train.trainer import make_optimizer as paper_adam  # trainer imports methods
+
+            return paper_adam(model, train_cfg)
         sgd = SGD if self.scratch else torch.optim.SGD
         return sgd(list(model.parameters()), lr=train_cfg.lr, momentum=self.config.momentum)
 
