@@ -22,7 +22,7 @@ from n2n_core.noise import parse_style
 from n2n_core.train.checkpoint import atomic_write
 
 from . import experiment
-from .grid import Job, finished_run, run_job
+from .grid import Job, attempt_job, finished_run
 from .mlflow_tracker import PROJECT_ROOT, open_store
 
 SWEEP_EXPERIMENT = "n2n-bench-sweep"
@@ -68,8 +68,8 @@ def run_sweep(network: str, noise: str, profile: str, batches: list[int], losses
     """Run (or read back) every cell, then write the table and the heatmap."""
     data_dir = data_dir or default_data_dir()
     runs_root = runs_root or PROJECT_ROOT / "runs"
+    jobs = sweep_jobs(network, noise, profile, batches, losses, lrs, target, overrides)  # bad input: nothing written
     client, experiment_id = open_store(tracking_uri, experiment=SWEEP_EXPERIMENT)
-    jobs = sweep_jobs(network, noise, profile, batches, losses, lrs, target, overrides)
     noise = parse_style(noise).style
     parent = client.create_run(experiment_id, run_name=f"sweep {network} {target} {noise} {profile}",
                                tags={"sweep": "1", "network": network, "noise": noise, "profile": profile})
@@ -77,14 +77,12 @@ def run_sweep(network: str, noise: str, profile: str, batches: list[int], losses
     for job in jobs:
         cfg = job.config
         score = f"psnr_{cfg.eval.sets[0]}"
+        # the grid's own skip / resume / mark-FAILED logic; one broken cell does not sink the sweep
+        status, why = attempt_job(client, experiment_id, parent.info.run_id, job, runs_root, data_dir, progress)
+        if status == "failed":
+            failed[job.variant] = why
+            continue
         run = finished_run(client, experiment_id, cfg.config_hash())
-        if run is None:
-            try:
-                run_job(client, experiment_id, parent.info.run_id, job, runs_root, data_dir, progress)
-            except Exception as err:  # one broken cell must not sink the sweep
-                failed[job.variant] = f"{type(err).__name__}: {err}"
-                continue
-            run = finished_run(client, experiment_id, cfg.config_hash())
         metrics = run.data.metrics
         rows.append({"batch": cfg.train.batch_size, "loss": cfg.method.loss, "lr": cfg.train.lr,
                      "psnr": metrics.get(score), "train_seconds": metrics.get("train_seconds"),

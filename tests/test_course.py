@@ -277,6 +277,16 @@ def test_sweep_writes_one_cell_per_batch_loss_and_lr(tmp_path, data_dir):
     assert pd.read_csv(stem.with_suffix(".csv")).run_id.tolist() == table.run_id.tolist()
 
 
+
+def test_sweep_with_an_invalid_cell_fails_before_anything_is_written(tmp_path, data_dir):
+    store = tmp_path / "mlflow.db"
+    result = invoke(["sweep", "--network", "strided", "--noise", "gaussian25", "--profile", "smoke",
+                     "--batch", "4", "--loss", "l2", "--lr", "1e-3,-1", "--tracking-uri", f"sqlite:///{store}",
+                     "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "results"),
+                     "--data-dir", str(data_dir)])
+    assert result.exit_code == 2 and "train.lr" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no store, no runs, no results
+
 # ----------------------------------------------------------------------------- the report
 
 
