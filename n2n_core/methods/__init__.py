@@ -10,7 +10,10 @@ from .course import Course, CourseConfig
 from .n2c import N2C, N2CConfig
 from .n2n import N2N, N2NConfig
 from .n2v import N2V, N2VConfig
+from .neighbor2neighbor import Neighbor2Neighbor, Neighbor2NeighborConfig
+from .noise2self import Noise2Self, Noise2SelfConfig
 from .noisy import Noisy, NoisyConfig
+from .r2r import R2R, R2RConfig
 from .ssdn import SSDN, SSDNConfig, SSDNMu, SSDNMuConfig
 
 METHODS: dict[str, tuple[type[MethodConfigBase], type[Method]]] = {
@@ -20,6 +23,9 @@ METHODS: dict[str, tuple[type[MethodConfigBase], type[Method]]] = {
     "n2v": (N2VConfig, N2V),
     "ssdn": (SSDNConfig, SSDN),
     "ssdn-mu": (SSDNMuConfig, SSDNMu),
+    "ne2ne": (Neighbor2NeighborConfig, Neighbor2Neighbor),
+    "n2self": (Noise2SelfConfig, Noise2Self),
+    "r2r": (R2RConfig, R2R),
     "cbm3d": (CBM3DConfig, CBM3D),
     "course": (CourseConfig, Course),
 }

@@ -1,0 +1,197 @@
+"""Neighbor2Neighbor (n2n_core/methods/neighbor2neighbor.py) against independent computations.
+
+The sub-sampler's pixels are recomputed with explicit loops over cells, its 8 neighbour pairs from
+the definition (ordered 4-adjacent pairs of a 2×2 cell), the loss and its gradient by hand for a
+one-parameter network f(x) = a·x (so "f(y) without gradient" is visible in dL/da), and γ's ramp
+from the optimizer steps actually taken.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from benchmarks.grid import expand
+from n2n_core.config import TrainConfig
+from n2n_core.errors import ConfigError
+from n2n_core.methods import Rngs, build_method, method_config
+from n2n_core.methods.neighbor2neighbor import (
+    NEIGHBOUR_PAIRS, cell_positions, draw_cells, pad_to_multiple, subsample, unet_on)
+from n2n_core.networks import UNet
+from n2n_core.noise import parse_style
+from n2n_core.seeding import make_generator
+
+
+def gen(seed: int) -> torch.Generator:
+    return make_generator(seed)
+
+
+class Scale(nn.Module):
+    """f(x) = a·x: one parameter, pointwise (so padding cannot change it), gradient by hand."""
+
+    def __init__(self, a: float):
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(a, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.a * x
+
+
+def method(style: str = "gaussian25", **fields):
+    return build_method(method_config("ne2ne", **fields), parse_style(style))
+
+
+# ----------------------------------------------------------------------------- the sub-sampler
+
+
+def test_the_8_pairs_are_the_ordered_4_adjacent_pairs_of_a_cell():
+    coords = {p: divmod(p, 2) for p in range(4)}  # position → (row, column) in the cell
+    adjacent = {(a, b) for a, b in itertools.permutations(range(4), 2)
+                if abs(coords[a][0] - coords[b][0]) + abs(coords[a][1] - coords[b][1]) == 1}
+    assert set(NEIGHBOUR_PAIRS) == adjacent and len(NEIGHBOUR_PAIRS) == 8
+
+
+def test_subsampled_pixels_match_explicit_loops():
+    n, c, h, w = 3, 3, 8, 6
+    x = torch.randn(n, c, h, w, generator=gen(0))
+    cells = draw_cells(n, h, w, gen(1), "cpu")
+    first, second = cell_positions(cells)
+    g1, g2 = subsample(x, first), subsample(x, second)
+    assert g1.shape == g2.shape == (n, c, h // 2, w // 2)
+    for b, i, j in itertools.product(range(n), range(h // 2), range(w // 2)):
+        p, q = NEIGHBOUR_PAIRS[int(cells[b, i, j])]
+        (r1, c1), (r2, c2) = (2 * i + p // 2, 2 * j + p % 2), (2 * i + q // 2, 2 * j + q % 2)
+        assert abs(r1 - r2) + abs(c1 - c2) == 1, "the two pixels must be 4-adjacent and distinct"
+        assert {r1, r2} <= {2 * i, 2 * i + 1} and {c1, c2} <= {2 * j, 2 * j + 1}, "inside the cell"
+        for ch in range(c):  # one choice for the three channels
+            assert g1[b, ch, i, j] == x[b, ch, r1, c1]
+            assert g2[b, ch, i, j] == x[b, ch, r2, c2]
+
+
+def test_choices_are_uniform_over_the_8_pairs_and_come_from_the_generator():
+    cells = draw_cells(4, 200, 200, gen(2), "cpu")
+    counts = torch.bincount(cells.flatten(), minlength=8).double()
+    total = cells.numel()  # 40,000 cells
+    expected = total / 8
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 30, counts  # 7 degrees of freedom: P(χ² > 30) ≈ 1e-4
+    assert torch.equal(cells, draw_cells(4, 200, 200, gen(2), "cpu"))
+    assert not torch.equal(cells, draw_cells(4, 200, 200, gen(3), "cpu"))
+
+
+def test_odd_crops_are_refused():
+    with pytest.raises(ConfigError, match="even"):
+        draw_cells(1, 33, 32, gen(0), "cpu")
+
+
+def test_mirror_padding_matches_numpy_symmetric_and_the_output_is_cropped_back():
+    x = torch.randn(2, 3, 16, 48, generator=gen(4))
+    want = np.pad(x.numpy(), ((0, 0), (0, 0), (0, 16), (0, 16)), mode="symmetric")
+    assert torch.equal(pad_to_multiple(x), torch.from_numpy(want))
+    net = UNet(rng=gen(5)).eval()
+    with torch.no_grad():
+        out = unet_on(net, x)
+        assert out.shape == x.shape
+        torch.testing.assert_close(out, net(torch.from_numpy(want))[..., :16, :48], rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- the loss
+
+
+def test_loss_and_its_gradient_match_the_formula_with_f_of_y_held_constant():
+    ne2ne = method()
+    ne2ne.gamma = lambda: 1.7  # any γ: the formula is checked, the ramp has its own test
+    clean = 0.2 + 0.6 * torch.rand(2, 3, 64, 64, generator=gen(6), dtype=torch.float64)
+    pair = ne2ne.training_pair(clean, Rngs(noise=gen(7), method=gen(8)))
+    y, cells = pair.inputs, pair.cells
+    a = 0.8
+    model = Scale(a)
+    out = ne2ne.loss(model, pair)
+    out.loss.backward()
+
+    # by hand: gather the two sub-images with loops, then L = mean d² + γ mean (d − a(g1 − g2))²
+    n, c, h, w = y.shape
+    g1, g2 = torch.empty(n, c, h // 2, w // 2, dtype=y.dtype), torch.empty(n, c, h // 2, w // 2, dtype=y.dtype)
+    for b, i, j in itertools.product(range(n), range(h // 2), range(w // 2)):
+        p, q = NEIGHBOUR_PAIRS[int(cells[b, i, j])]
+        g1[b, :, i, j] = y[b, :, 2 * i + p // 2, 2 * j + p % 2]
+        g2[b, :, i, j] = y[b, :, 2 * i + q // 2, 2 * j + q % 2]
+    diff = a * g1 - g2
+    expected_diff = a * g1 - a * g2  # g1(f(y)) − g2(f(y)) with f pointwise
+    want = (diff**2).mean() + 1.7 * ((diff - expected_diff) ** 2).mean()
+    # dL/da with f(y) constant: only f(g1 y) = a·g1 carries a
+    want_grad = 2 * (diff * g1).mean() + 2 * 1.7 * ((diff - expected_diff) * g1).mean()
+    assert float(out.loss.detach()) == pytest.approx(float(want), rel=1e-12)
+    assert float(model.a.grad) == pytest.approx(float(want_grad), rel=1e-12)
+    assert float(out.logs["gamma"]) == pytest.approx(1.7)
+
+
+def test_gamma_ramps_linearly_with_the_images_trained_on_and_survives_a_resume():
+    cfg = TrainConfig(budget_images=40, batch_size=4, lr=1e-3)
+    ne2ne = method(gamma=2.0)
+    model = Scale(1.0)
+    optimizer = ne2ne.make_optimizer(model, cfg)
+    assert ne2ne.gamma() == 0.0  # the first step: no image trained on yet
+    for step in range(1, 13):
+        optimizer.zero_grad()
+        (model.a**2).backward()
+        optimizer.step()
+        assert ne2ne.gamma() == pytest.approx(2.0 * min(1.0, 4 * step / 40))  # 0.2 per step, capped at 2
+        if step == 5:
+            saved = copy.deepcopy(optimizer.state_dict())  # as a checkpoint file holds it
+    resumed, fresh_model = method(gamma=2.0), Scale(1.0)
+    resumed.make_optimizer(fresh_model, cfg).load_state_dict(saved)
+    assert resumed.gamma() == pytest.approx(1.0)  # 5 steps of 4 images out of 40
+
+
+# ----------------------------------------------------------------------------- noise styles
+
+
+@pytest.mark.parametrize("style", ["gaussian25", "gaussian5_50", "poisson30", "poisson5_50"])
+def test_gaussian_and_poisson_styles_are_accepted(style):
+    method(style)
+
+
+def test_impulse_noise_is_refused_naming_methods_that_work():
+    with pytest.raises(ConfigError) as err:
+        method("impulse50")
+    message = str(err.value)
+    assert "\n" not in message and "impulse50" in message
+    assert all(name in message for name in ("n2c", "n2n", "ssdn", "ssdn-mu"))
+
+
+def test_the_grid_runs_it_on_gaussian_and_poisson_and_leaves_impulse_out():
+    for style in ("gaussian25", "poisson30"):
+        jobs, left_out = expand(style, "quick", ["ne2ne"])
+        assert [job.variant for job in jobs] == ["ne2ne"] and not left_out
+    jobs, left_out = expand("impulse50", "quick", ["ne2ne"])
+    assert jobs == [] and "impulse50" in left_out["ne2ne"]
+
+
+# ----------------------------------------------------------------------------- training smoke
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_a_few_steps_on_a_fixed_batch_lower_the_loss_and_denoise_keeps_the_shape(size):
+    ne2ne = method()
+    model = ne2ne.build_model(gen(9))
+    optimizer = ne2ne.make_optimizer(model, TrainConfig(budget_images=24, batch_size=2, lr=1e-3))
+    clean = 0.1 + 0.8 * torch.rand(2, 3, size, size, generator=gen(10))
+    pair = ne2ne.training_pair(clean, Rngs(noise=gen(11), method=gen(12)))
+    losses = []
+    for _ in range(6):
+        optimizer.zero_grad()
+        loss = ne2ne.loss(model, pair).loss
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+    batch = parse_style("gaussian25").sample(torch.rand(1, 3, 64, 96, generator=gen(13)), gen(14))
+    with torch.no_grad():
+        out = ne2ne.denoise(model.eval(), batch)
+    assert out.shape == batch.noisy.shape and torch.isfinite(out).all()
