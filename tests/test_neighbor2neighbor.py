@@ -16,7 +16,6 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.grid import expand
 from n2n_core.config import TrainConfig
 from n2n_core.errors import ConfigError
 from n2n_core.methods import Rngs, build_method, method_config
@@ -25,6 +24,8 @@ from n2n_core.methods.neighbor2neighbor import (
 from n2n_core.networks import UNet
 from n2n_core.noise import parse_style
 from n2n_core.seeding import make_generator
+
+from method_checks import assert_in_grid, assert_refused, assert_trains_and_denoises
 
 
 def gen(seed: int) -> torch.Generator:
@@ -149,49 +150,14 @@ def test_gamma_ramps_linearly_with_the_images_trained_on_and_survives_a_resume()
     assert resumed.gamma() == pytest.approx(1.0)  # 5 steps of 4 images out of 40
 
 
-# ----------------------------------------------------------------------------- noise styles
+# ----------------------------------------------------------------------------- noise styles, smoke
 
 
-@pytest.mark.parametrize("style", ["gaussian25", "gaussian5_50", "poisson30", "poisson5_50"])
-def test_gaussian_and_poisson_styles_are_accepted(style):
-    method(style)
+def test_gaussian_and_poisson_run_in_the_grid_and_impulse_is_refused_naming_methods_that_work():
+    assert_in_grid("ne2ne", ("gaussian25", "gaussian5_50", "poisson30", "poisson5_50"))
+    assert_refused("ne2ne", "impulse50", ("n2c", "n2n", "ssdn", "ssdn-mu"))
 
 
-def test_impulse_noise_is_refused_naming_methods_that_work():
-    with pytest.raises(ConfigError) as err:
-        method("impulse50")
-    message = str(err.value)
-    assert "\n" not in message and "impulse50" in message
-    assert all(name in message for name in ("n2c", "n2n", "ssdn", "ssdn-mu"))
-
-
-def test_the_grid_runs_it_on_gaussian_and_poisson_and_leaves_impulse_out():
-    for style in ("gaussian25", "poisson30"):
-        jobs, left_out = expand(style, "quick", ["ne2ne"])
-        assert [job.variant for job in jobs] == ["ne2ne"] and not left_out
-    jobs, left_out = expand("impulse50", "quick", ["ne2ne"])
-    assert jobs == [] and "impulse50" in left_out["ne2ne"]
-
-
-# ----------------------------------------------------------------------------- training smoke
-
-
-@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("size", [32, 64])  # 32² crops: 16² sub-images, padded for the U-Net
 def test_a_few_steps_on_a_fixed_batch_lower_the_loss_and_denoise_keeps_the_shape(size):
-    ne2ne = method()
-    model = ne2ne.build_model(gen(9))
-    optimizer = ne2ne.make_optimizer(model, TrainConfig(budget_images=24, batch_size=2, lr=1e-3))
-    clean = 0.1 + 0.8 * torch.rand(2, 3, size, size, generator=gen(10))
-    pair = ne2ne.training_pair(clean, Rngs(noise=gen(11), method=gen(12)))
-    losses = []
-    for _ in range(6):
-        optimizer.zero_grad()
-        loss = ne2ne.loss(model, pair).loss
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-    assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
-    batch = parse_style("gaussian25").sample(torch.rand(1, 3, 64, 96, generator=gen(13)), gen(14))
-    with torch.no_grad():
-        out = ne2ne.denoise(model.eval(), batch)
-    assert out.shape == batch.noisy.shape and torch.isfinite(out).all()
+    assert_trains_and_denoises(method(), size)

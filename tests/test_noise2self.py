@@ -13,14 +13,14 @@ import itertools
 import pytest
 import torch
 
-from benchmarks.grid import expand
 from n2n_core.config import TrainConfig
-from n2n_core.errors import ConfigError
 from n2n_core.methods import Rngs, build_method, method_config
 from n2n_core.methods.noise2self import grid_mask, grid_phase, interpolate_masked, masked_loss
 from n2n_core.networks import UNet
 from n2n_core.noise import parse_style
 from n2n_core.seeding import make_generator
+
+from method_checks import assert_in_grid, assert_refused, assert_trains_and_denoises
 
 RING = {(-1, -1): 0.5, (-1, 0): 1.0, (-1, 1): 0.5, (0, -1): 1.0, (0, 1): 1.0, (1, -1): 0.5, (1, 0): 1.0, (1, 1): 0.5}
 
@@ -127,20 +127,12 @@ def test_j_invariant_inference_takes_each_pixel_from_the_pass_that_masked_it():
         torch.testing.assert_close(out[0, :, i, j], passes[(i % 2, j % 2)][0, :, i, j], rtol=0, atol=0)
 
 
-# ----------------------------------------------------------------------------- noise styles
+# ----------------------------------------------------------------------------- noise styles, smoke
 
 
-@pytest.mark.parametrize("style", ["gaussian25", "gaussian5_50", "poisson30", "poisson5_50"])
-def test_gaussian_and_poisson_styles_are_accepted(style):
-    method(style)
-
-
-def test_impulse_noise_is_refused_naming_methods_that_work():
-    with pytest.raises(ConfigError) as err:
-        method("impulse0_100")
-    message = str(err.value)
-    assert "\n" not in message and "impulse0_100" in message
-    assert all(name in message for name in ("n2c", "n2n", "ssdn", "ssdn-mu"))
+def test_gaussian_and_poisson_run_in_the_grid_and_impulse_is_refused_naming_methods_that_work():
+    assert_in_grid("n2self", ("gaussian25", "gaussian5_50", "poisson30", "poisson5_50"))
+    assert_refused("n2self", "impulse0_100", ("n2c", "n2n", "ssdn", "ssdn-mu"))
 
 
 def test_grid_width_one_is_refused():
@@ -148,32 +140,6 @@ def test_grid_width_one_is_refused():
         method_config("n2self", grid_width=1)
 
 
-def test_the_grid_runs_it_on_gaussian_and_poisson_and_leaves_impulse_out():
-    for style in ("gaussian25", "poisson30"):
-        jobs, left_out = expand(style, "quick", ["n2self"])
-        assert [job.variant for job in jobs] == ["n2self"] and not left_out
-    jobs, left_out = expand("impulse50", "quick", ["n2self"])
-    assert jobs == [] and "impulse50" in left_out["n2self"]
-
-
-# ----------------------------------------------------------------------------- training smoke
-
-
-def test_a_few_steps_on_a_fixed_batch_lower_the_loss_and_denoise_keeps_the_shape():
-    n2self = method()
-    model = n2self.build_model(gen(15))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    clean = 0.1 + 0.8 * torch.rand(2, 3, 64, 64, generator=gen(16))
-    pair = n2self.training_pair(clean, Rngs(noise=gen(17), method=gen(18)))  # one fixed mask
-    losses = []
-    for _ in range(6):
-        optimizer.zero_grad()
-        loss = n2self.loss(model, pair).loss
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0], losses
-    batch = parse_style("poisson30").sample(torch.rand(1, 3, 96, 64, generator=gen(19)), gen(20))
-    with torch.no_grad():
-        out = n2self.denoise(model.eval(), batch)
-    assert out.shape == batch.noisy.shape and torch.isfinite(out).all()
+@pytest.mark.parametrize("inference", ["single_pass", "j_invariant"])
+def test_a_few_steps_on_a_fixed_batch_lower_the_loss_and_denoise_keeps_the_shape(inference):
+    assert_trains_and_denoises(method(inference=inference), 64, style="poisson30")

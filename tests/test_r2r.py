@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.grid import expand
-from n2n_core.errors import ConfigError
 from n2n_core.methods import Rngs, build_method, method_config
 from n2n_core.methods.r2r import recorrupted_noise_moments
 from n2n_core.noise import NoisyBatch, parse_style
 from n2n_core.seeding import make_generator
+
+from method_checks import assert_in_grid, assert_refused, assert_trains_and_denoises
 
 
 def gen(seed: int) -> torch.Generator:
@@ -96,45 +96,15 @@ def test_inference_averages_k_recorrupted_passes_at_the_known_level():
     assert torch.equal(out, again), "the same image must always get the same output"
 
 
-# ----------------------------------------------------------------------------- noise styles
+# ----------------------------------------------------------------------------- noise styles, smoke
 
 
-@pytest.mark.parametrize("style", ["gaussian25", "gaussian5_50"])
-def test_gaussian_styles_are_accepted(style):
-    method(style)
-
-
-@pytest.mark.parametrize(("style", "names"), [("poisson30", ("n2n", "ne2ne")),
-                                              ("poisson5_50", ("n2n", "ssdn")),
-                                              ("impulse50", ("n2c", "n2n", "ssdn", "ssdn-mu"))])
-def test_other_noise_kinds_are_refused_in_one_line_naming_methods_that_work(style, names):
-    with pytest.raises(ConfigError) as err:
-        method(style)
-    message = str(err.value)
-    assert "\n" not in message and style in message and "gaussian" in message
-    assert all(name in message for name in names)
-    jobs, left_out = expand(style, "smoke", ["r2r"])  # the grid lists it as not applicable
-    assert jobs == [] and left_out == {"r2r": message}
-
-
-# ----------------------------------------------------------------------------- training smoke
+def test_gaussian_styles_run_in_the_grid_and_the_others_are_refused_naming_methods_that_work():
+    assert_in_grid("r2r", ("gaussian25", "gaussian5_50"))
+    for style in ("poisson30", "poisson5_50"):
+        assert "gaussian" in assert_refused("r2r", style, ("n2n", "ssdn", "ne2ne", "n2self"))
+    assert_refused("r2r", "impulse50", ("n2c", "n2n", "ssdn", "ssdn-mu"))
 
 
 def test_a_few_steps_on_a_fixed_batch_lower_the_loss_and_denoise_keeps_the_shape():
-    r2r = method(inference_samples=3)
-    model = r2r.build_model(gen(6))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    clean = 0.1 + 0.8 * torch.rand(2, 3, 32, 32, generator=gen(7))
-    pair = r2r.training_pair(clean, Rngs(noise=gen(8), method=gen(9)))
-    losses = []
-    for _ in range(6):
-        optimizer.zero_grad()
-        loss = r2r.loss(model, pair).loss
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0], losses
-    batch = parse_style("gaussian25").sample(torch.rand(1, 3, 64, 96, generator=gen(10)), gen(11))
-    with torch.no_grad():
-        out = r2r.denoise(model.eval(), batch)
-    assert out.shape == batch.noisy.shape and torch.isfinite(out).all()
+    assert_trains_and_denoises(method(inference_samples=3), 32)

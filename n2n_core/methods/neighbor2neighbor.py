@@ -44,8 +44,8 @@ from ..errors import ConfigError
 from ..networks import UNet
 from ..networks.unet import SIZE_MULTIPLE
 from ..noise import NoiseModel
-from .base import LossOutput, Method, MethodConfigBase, TrainingPair
-from .step_clock import StepClock
+from .base import LossOutput, MethodConfigBase, TrainingPair
+from .step_clock import SteppedMethod
 
 # The 8 ordered pairs (first, second) of 4-adjacent positions in a 2×2 cell whose positions are
 # numbered 0 1 / 2 3 (row-major), in the authors' order.
@@ -124,15 +124,8 @@ def unet_on(model: nn.Module, x: Tensor) -> Tensor:
     return model(pad_to_multiple(x))[..., :h, :w]
 
 
-class Neighbor2Neighbor(Method):
+class Neighbor2Neighbor(SteppedMethod):
     """The U-Net learns one neighbour sub-image from the other; it denoises whole images."""
-
-    def __init__(self, config: Neighbor2NeighborConfig, noise: NoiseModel):
-        super().__init__(config, noise)
-        self.clock = StepClock()
-
-    def make_optimizer(self, model, train_cfg):
-        return self.clock.make_optimizer(model, train_cfg)
 
     def gamma(self) -> float:
         """The regulariser's weight now: gamma · (images trained on / budget)."""

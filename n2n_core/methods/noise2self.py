@@ -39,8 +39,8 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..networks import UNet
 from ..noise import NoiseModel
-from .base import LossOutput, Method, MethodConfigBase, TrainingPair
-from .step_clock import StepClock
+from .base import LossOutput, MethodConfigBase, TrainingPair
+from .step_clock import SteppedMethod
 
 # Weights of the 8 neighbours (centre 0), normalised to sum 1: the authors' interpolation kernel.
 _RING = torch.tensor([[0.5, 1.0, 0.5], [1.0, 0.0, 1.0], [0.5, 1.0, 0.5]], dtype=torch.float64)
@@ -89,15 +89,8 @@ def masked_loss(output: Tensor, noisy: Tensor, mask: Tensor) -> Tensor:
     return ((output - noisy) * mask).square().mean()
 
 
-class Noise2Self(Method):
+class Noise2Self(SteppedMethod):
     """The U-Net sees the grid-masked crop; its loss is taken on the masked grid only."""
-
-    def __init__(self, config: Noise2SelfConfig, noise: NoiseModel):
-        super().__init__(config, noise)
-        self.clock = StepClock()
-
-    def make_optimizer(self, model, train_cfg):
-        return self.clock.make_optimizer(model, train_cfg)
 
     def build_model(self, rng):
         return UNet(n_out=3, rng=rng)

@@ -2,7 +2,7 @@
 
 Neighbor2Neighbor ramps the weight of its regulariser over training and Noise2Self moves its mask's
 phase on at every step, but the Method contract tells neither `training_pair(clean, rngs)` nor
-`loss(model, pair)` which step it is. A method holding a `StepClock` builds the trainer's Adam
+`loss(model, pair)` which step it is. A `SteppedMethod` holds a `StepClock`, builds the trainer's Adam
 through the declared `make_optimizer` hook and keeps it; `steps_taken()` then reads how many
 updates Adam has applied (its per-parameter `step` count). That count is saved with every
 checkpoint and restored on resume, and is the same on every rank of a torchrun job, so a resumed
@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from ..noise import NoiseModel
+from .base import Method, MethodConfigBase
 
 
 class StepClock:
@@ -50,3 +53,14 @@ class StepClock:
         if not self._budget_images:
             return 0.0
         return min(1.0, self.steps_taken() * self._images_per_step / self._budget_images)
+
+
+class SteppedMethod(Method):
+    """A Method whose training depends on the step: `self.clock` tells it, fed by make_optimizer."""
+
+    def __init__(self, config: MethodConfigBase, noise: NoiseModel):
+        super().__init__(config, noise)
+        self.clock = StepClock()
+
+    def make_optimizer(self, model: nn.Module, train_cfg) -> torch.optim.Optimizer:
+        return self.clock.make_optimizer(model, train_cfg)
