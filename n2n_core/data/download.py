@@ -43,7 +43,6 @@ MIRROR_ENV = "N2N_MIRROR"
 CHUNK = 1 << 16
 TIMEOUT = 60.0  # seconds per connect or read
 ATTEMPTS = 3  # per URL, for connection errors, time-outs, truncated bodies and 5xx answers
-USER_AGENT = "n2n-bench (urllib)"
 TMP_PREFIX = ".n2n-"
 
 
@@ -65,7 +64,7 @@ def _fetch(url: str, fh: IO[bytes], src: SetSource, progress: bool) -> str:
         fh.seek(0)
         fh.truncate()
         digest = hashlib.sha256()
-        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+        request = urllib.request.Request(url, headers={"User-Agent": "n2n-bench (urllib)"})
         try:
             with urllib.request.urlopen(request, timeout=TIMEOUT) as resp, tqdm(
                 total=_length(resp), unit="B", unit_scale=True, unit_divisor=1024, leave=False,
@@ -281,7 +280,8 @@ def _download(src: SetSource, root: Path, files: Mapping[str, str], todo: list[s
                     )
                 log.warning("%s: the archive has no %s; writing it from the image names", src.name, rel)
                 staged.parent.mkdir(parents=True, exist_ok=True)
-                staged.write_bytes(id_list_bytes(src, rel, files))
+                with open(staged, "wb") as fh:  # in the temporary folder, like every fetched file
+                    fh.write(id_list_bytes(src, rel, files))
             _place(src, staged, root, rel, files, f"{url} member {remote}")
 
 
