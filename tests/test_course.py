@@ -36,7 +36,8 @@ from n2n_core.seeding import make_generator
 from n2n_core.train.checkpoint import load_checkpoint
 from n2n_core.train.trainer import Trainer
 
-NETWORKS = ["strided", "residual", "bn-dropout", "prelu", "scratch", "scratch-torch"]
+NETWORKS = ["strided", "residual", "bn-dropout", "prelu", "scratch", "scratch-torch", "scratch-tconv",
+            "scratch-tconv-torch"]
 TINY = ["--set", "train.budget_images=8", "--set", "train.batch_size=4"]
 CPU = torch.device("cpu")
 
