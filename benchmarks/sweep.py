@@ -34,7 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 from n2n_core.data.images import default_data_dir
-from n2n_core.errors import ConfigError
+from n2n_core.errors import ConfigError, first_line
 from n2n_core.train.checkpoint import atomic_write
 
 from . import experiment
@@ -171,8 +171,11 @@ def run_sweep(method: str, noise: str, profile: str, axes: list[Axis], overrides
         table = pd.DataFrame(rows, columns=[*keys, "psnr", "train_seconds", "set", "run_id"])
         name = re.sub(r"[^A-Za-z0-9._=-]+", "_", f"sweep-{method}-{first.noise}-{profile}-{'-'.join(keys)}")
         written, note = write_outputs(table, keys, out / name, describe(first, method, keys)) if rows else ([], "")
-        for path in written:
-            client.log_artifact(parent_id, str(path))
+        try:
+            for path in written:
+                client.log_artifact(parent_id, str(path))
+        except Exception as err:  # the files are written; a store that stopped answering keeps them out
+            note = f"{note} The table is not in MLflow ({first_line(err)}); it is in {out}.".strip()
     except BaseException as err:
         client.set_terminated(parent_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
