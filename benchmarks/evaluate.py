@@ -10,7 +10,8 @@ from tqdm import tqdm
 from n2n_core.device import resolve_device
 from n2n_core.errors import ConfigError
 
-from .experiment import compose_config, evaluate_model, load_trained
+from .compose import compose_config
+from .scoring import evaluate_model, load_trained
 
 
 def evaluate_command(*, noise, dataset, method, checkpoint, repeats, seed, device, data_dir: Path,

@@ -22,7 +22,7 @@ import torch
 from typer.testing import CliRunner
 
 from benchmarks.cli import app
-from benchmarks.experiment import CONFIG_DIR, compose_config
+from benchmarks.compose import CONFIG_DIR, compose_config
 from n2n_core.methods import METHODS
 
 SMOKE_SET = ["--set", "train.budget_images=8", "--set", "train.patch_size=32",
@@ -35,7 +35,7 @@ def variant_method(variant: str) -> str:
 
 
 TRAINABLE = [p.stem for p in sorted((CONFIG_DIR / "methods").glob("*.toml"))
-             if METHODS[variant_method(p.stem)][1].trainable]
+             if METHODS[variant_method(p.stem)].trainable]
 RUNS = [(v, "gaussian25") for v in TRAINABLE] + [("ssdn-known", "poisson30"), ("ssdn-mu", "poisson30")]
 
 

@@ -67,10 +67,15 @@ class CropStream:
         crops = torch.stack([self.crop(images_seen + i) for i in range(batch_size)])
         return crops.to(torch.float32).div_(255.0)
 
+    def training_pair(self, method, images_seen: int, batch_size: int, step, device):
+        """The method's training pair for the next batch of clean crops, moved to `device`."""
+        clean = self.batch(images_seen, batch_size).to(device, non_blocking=True)
+        return method.training_pair(clean, step)
+
 
 def stream_for(image_set, patch_size: int, seed: int):
     """The training stream of a resolved set: random crops, or the given noisy pairs of a set that
-    brings them (course32:DIR, whose PairStream hands out 6-channel input‖target batches)."""
+    brings them (course32:DIR, whose PairStream hands both draws to `Method.given_pair`)."""
     if hasattr(image_set, "train_pairs"):
         from .course32 import PairStream
 

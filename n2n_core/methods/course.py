@@ -9,7 +9,7 @@ network's own backward under `torch.no_grad()`.
 
 Training pairs follow N2N/N2C (METHODS.md §1): the input is the step's first noise draw; the target
 is a second independent draw (n2n) or the clean crop (n2c). On `course32:DIR` the pairs are given
-(6-channel batches from data/course32.PairStream) and only n2n can train.
+(data/course32.PairStream calls `given_pair`) and only n2n can train.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from ..data.course32 import PAIR_CHANNELS
 from ..errors import ConfigError
 from ..networks.course import course_unet
 from ..scratch import MSE, SGD, course_network, course_network_torch
@@ -92,11 +91,18 @@ def random_flips(images: Tensor, rng: torch.Generator) -> Tensor:
 class Course(Method):
     """A course network of §10 trained as N2N or N2C on 32×32 crops (or given course32 pairs)."""
 
+    Config = CourseConfig
+
     def __init__(self, config: CourseConfig, noise):
         super().__init__(config, noise)
         self.scratch = config.network == "scratch"
         self.amp_safe = not self.scratch  # the scratch framework is float32 by construction
-        self.accepts_pairs = config.target == "n2n"  # given pairs carry no clean target
+
+    @classmethod
+    def check(cls, config, noise, train, evaluation):
+        if train.train_set.startswith("course32:") and config.target != "n2n":
+            raise ConfigError(f"{train.train_set} holds given noisy pairs without clean targets; only "
+                              "course variants trained as N2N (method.target=\"n2n\") can train on it")
 
     def build_model(self, rng):
         channels = self.config.channels
@@ -109,18 +115,20 @@ class Course(Method):
     def make_optimizer(self, model, train_cfg):
         """The trainer's Adam (METHODS.md §2), or SGD (the framework's own for the scratch network)."""
         if self.config.resolved_optimizer() == "adam":
-            from ..train.trainer import make_optimizer as paper_adam  # trainer imports methods
-
-            return paper_adam(model, train_cfg)
+            return super().make_optimizer(model, train_cfg)
         sgd = SGD if self.scratch else torch.optim.SGD
         return sgd(list(model.parameters()), lr=train_cfg.lr, momentum=self.config.momentum)
 
+    def given_pair(self, first, second, rngs):
+        """course32's given pairs: the first draw is the input, the second the target (N2N)."""
+        if self.config.target != "n2n":
+            return super().given_pair(first, second, rngs)
+        if self.config.flips:  # one flip decision per pair, applied to both draws alike
+            both = random_flips(torch.cat([first, second], dim=1), rngs.method)
+            first, second = both[:, :3], both[:, 3:]
+        return CoursePair(inputs=first, targets=second, rng=rngs.method)
+
     def training_pair(self, clean, rngs):
-        if clean.shape[1] == PAIR_CHANNELS:  # given pairs: input draw ‖ target draw
-            if not self.accepts_pairs:
-                raise ConfigError("course32 pairs have no clean target: train them with method.target=\"n2n\"")
-            both = random_flips(clean, rngs.method) if self.config.flips else clean
-            return CoursePair(inputs=both[:, :3], targets=both[:, 3:], rng=rngs.method)
         if self.config.flips:
             clean = random_flips(clean, rngs.method)
         first = self.noise.sample(clean, rngs.noise)
@@ -131,9 +139,10 @@ class Course(Method):
         return CoursePair(inputs=first.noisy, targets=target, level=first.level, rng=rngs.method)
 
     def _forward(self, model, inputs: Tensor, rng: torch.Generator | None = None) -> Tensor:
-        if getattr(model, "takes_rng", False):
-            return model(inputs, rng=rng)
-        return model(inputs)
+        """The course U-Nets take the step's generator (report B's dropout); scratch nets do not."""
+        if self.config.network.startswith("scratch"):
+            return model(inputs)
+        return model(inputs, rng=rng)
 
     def loss(self, model, pair):
         if self.scratch:

@@ -17,6 +17,8 @@ class N2CConfig(MethodConfigBase):
 class N2C(Method):
     """Noise2Clean: the U-Net learns noisy → clean."""
 
+    Config = N2CConfig
+
     def build_model(self, rng):
         return UNet(n_out=3, rng=rng)
 

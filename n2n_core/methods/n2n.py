@@ -15,6 +15,8 @@ class N2NConfig(MethodConfigBase):
 class N2N(N2C):
     """Same network, loss and output as N2C; only the training pair differs."""
 
+    Config = N2NConfig
+
     def training_pair(self, clean, rngs):
         first = self.noise.sample(clean, rngs.noise)
         second = self.noise.sample(clean, rngs.noise)  # variable styles draw their own level (§1)

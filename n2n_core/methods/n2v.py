@@ -37,6 +37,8 @@ class N2VConfig(MethodConfigBase):
 class N2V(N2C):
     """The U-Net sees the masked input; its target is that same noisy input (not a second draw)."""
 
+    Config = N2VConfig
+
     def training_pair(self, clean, rngs):
         noisy = self.noise.sample(clean, rngs.noise).noisy
         inputs, mask = n2v_mask(noisy, rngs.method, self.config.mask_percent,

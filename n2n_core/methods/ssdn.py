@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import NoiseNotSupported
 from ..networks import BlindSpotUNet, UNet
 from ..noise import NoiseModel, NoisyBatch
 from . import ssdn_math as sm
@@ -29,18 +29,6 @@ class SSDNConfig(MethodConfigBase):
     """Noise level: the true level, one learned scalar, or a per-image noise-level network."""
     covariance: Literal["full", "diagonal"] = "full"
     """Prior covariance per pixel: full 3×3 (U Uᵀ) or diagonal."""
-
-    def check_noise(self, noise: NoiseModel) -> None:
-        if noise.kind not in sm.NOISE_KINDS:
-            raise ConfigError(
-                f"ssdn models Gaussian and Poisson noise only, not {noise.style}; "
-                "pick a gaussian* or poisson* style, or use ssdn-mu / n2v for impulse noise"
-            )
-        if self.sigma == "constant" and noise.variable:
-            raise ConfigError(
-                f"ssdn with sigma=constant needs a fixed-level style, but {noise.style} draws a "
-                "level per image; use method.sigma=per_image (or known)"
-            )
 
 
 class SSDNModel(nn.Module):
@@ -64,8 +52,22 @@ class SSDNModel(nn.Module):
 
 
 class SSDN(Method):
+    Config = SSDNConfig
     amp_safe: ClassVar[bool] = False  # the 3×3 posterior algebra stays float64
     blind_spot: ClassVar[bool] = True
+
+    @classmethod
+    def check(cls, config, noise, train, evaluation):
+        if noise.kind not in sm.NOISE_KINDS:
+            raise NoiseNotSupported(
+                f"ssdn models Gaussian and Poisson noise only, not {noise.style}; "
+                "pick a gaussian* or poisson* style, or use ssdn-mu / n2v for impulse noise"
+            )
+        if config.sigma == "constant" and noise.variable:
+            raise NoiseNotSupported(
+                f"ssdn with sigma=constant needs a fixed-level style, but {noise.style} draws a "
+                "level per image; use method.sigma=per_image (or known)"
+            )
 
     @property
     def n_factors(self) -> int:
@@ -78,15 +80,23 @@ class SSDN(Method):
         drawn = self.noise.sample(clean, rngs.noise)
         return TrainingPair(inputs=drawn.noisy, targets=drawn.noisy, level=drawn.level)
 
-    def _prior_and_noise(self, model: SSDNModel, noisy: Tensor, level: Tensor):
+    def _prior_and_noise(self, model: SSDNModel, noisy: Tensor, level: Tensor,
+                         estimate: Tensor | None = None):
         out = model(noisy)
         mu, factors = out[:, :3], out[:, 3:]
         sigma_x = sm.prior_covariance(factors, diagonal=self.config.covariance == "diagonal")
         estimated = self.config.sigma != "known"
-        if estimated:
-            level = model.estimated_level(noisy)
+        if estimated:  # from the whole image when the evaluator tiles it (image_estimate)
+            level = model.estimated_level(noisy) if estimate is None else estimate
         noise_var = sm.noise_variance(self.noise.kind, mu, level, estimated=estimated)
         return mu, sigma_x, noise_var, level
+
+    def image_estimate(self, model, batch: NoisyBatch):
+        """The estimated level of each whole padded image (released code: mean of the level net's
+        output over the image), so that every tile of it uses the same value."""
+        if self.config.sigma == "known":
+            return None
+        return model.estimated_level(batch.noisy).expand(batch.noisy.shape[0])
 
     def loss(self, model, pair: TrainingPair) -> LossOutput:
         y = pair.inputs
@@ -100,7 +110,7 @@ class SSDN(Method):
 
     def denoise(self, model, batch: NoisyBatch) -> Tensor:
         y = batch.noisy
-        mu, sigma_x, noise_var, _ = self._prior_and_noise(model, y, batch.level)
+        mu, sigma_x, noise_var, _ = self._prior_and_noise(model, y, batch.level, batch.estimate)
         return sm.posterior_mean(y, mu, sigma_x, noise_var).to(y.dtype)
 
 
@@ -110,6 +120,8 @@ class SSDNMuConfig(MethodConfigBase):
 
 class SSDNMu(Method):
     """μ-only: blind-spot network with 3 outputs, plain L2 against its own noisy input; no posterior."""
+
+    Config = SSDNMuConfig
 
     blind_spot: ClassVar[bool] = True
 
