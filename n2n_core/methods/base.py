@@ -25,6 +25,10 @@ class MethodConfigBase(BaseModel):
     def check_noise(self, noise: NoiseModel) -> None:
         """Raise ConfigError when this method cannot model `noise` (checked at configuration time)."""
 
+    def check_channels(self, channels: int, noise: NoiseModel) -> None:
+        """Raise ConfigError when this method cannot run on `channels`-channel images (data.channels)
+        under `noise` (checked at configuration time); the default runs on 1 and 3 alike."""
+
 
 @dataclass(frozen=True)
 class Rngs:
@@ -32,11 +36,14 @@ class Rngs:
 
     noise: torch.Generator  # every noise draw, so all methods see the same noisy crops at a step
     method: torch.Generator  # masks and any other method-side randomness
+    images_seen: int = 0  # n: images the run had seen before this step (the trainer fills it)
+    budget_images: int = 0  # N: the run's budget in images; 0 when nothing is being trained
+    # (n, N) drive schedules inside a method, e.g. the annealed exponent of methods/losses.py
 
 
 @dataclass(frozen=True)
 class TrainingPair:
-    inputs: Tensor  # what the network sees, (N, 3, P, P)
+    inputs: Tensor  # what the network sees, (N, C, P, P), C = data.channels
     targets: Tensor  # what the loss compares against
     mask: Tensor | None = None  # N2V: 1 where the loss is taken
     level: Tensor | None = None  # per-image noise level, for known-level variants
@@ -61,10 +68,12 @@ class Method:
     amp_safe: ClassVar[bool] = True  # False where float64 math must not be autocast
     blind_spot: ClassVar[bool] = False  # True: scored in tiles no larger than the training crop
 
-    def __init__(self, config: MethodConfigBase, noise: NoiseModel):
+    def __init__(self, config: MethodConfigBase, noise: NoiseModel, channels: int = 3):
         config.check_noise(noise)
+        config.check_channels(channels, noise)
         self.config = config
         self.noise = noise
+        self.channels = channels  # image channels (data.channels): 3 RGB, 1 greyscale
 
     def ema_decay(self, decay: float, step: int) -> float:
         return decay
@@ -80,7 +89,7 @@ class Method:
         raise NotImplementedError
 
     def denoise(self, model: nn.Module | None, batch: NoisyBatch) -> Tensor:
-        """Denoised (N, 3, H, W) for a noisy batch whose sides are multiples of 32."""
+        """Denoised (N, C, H, W) for a noisy batch whose sides are multiples of 32."""
         raise NotImplementedError
 
     def denoise_many(self, model: nn.Module | None, inputs: Sequence, device: torch.device) -> list[Tensor]:

@@ -107,11 +107,14 @@ class Trainer:
         if dist is not None and not dist.is_main:
             self.tracker, self.validate, self.progress = NullTracker(), None, False
 
-    def rngs(self, step: int) -> Rngs:
-        """Fresh generators for step `step` (noise drawn on the training device)."""
+    def rngs(self, step: int, images_seen: int = 0) -> Rngs:
+        """Fresh generators for step `step` (noise drawn on the training device), with the images
+        seen before it and the budget (schedules inside a method: methods/losses.py)."""
         return Rngs(
             noise=make_generator(derive_seed(self.seed, "noise", step), self.device),
             method=make_generator(derive_seed(self.seed, "method", step), self.device),
+            images_seen=images_seen,
+            budget_images=self.cfg.budget_images,
         )
 
     def _autocast(self):
@@ -217,7 +220,7 @@ class Trainer:
             group["lr"] = lr_at(state.images_seen, self.cfg.budget_images, self.cfg.lr,
                                 self.cfg.ramp_up, self.cfg.ramp_down)
         clean = self.stream.batch(state.images_seen, n).to(self.device, non_blocking=True)
-        pair = self.method.training_pair(clean, self.rngs(step))
+        pair = self.method.training_pair(clean, self.rngs(step, state.images_seen))
         if self.dist is not None:
             pair = distributed.shard_pair(pair, self.dist, n, self.seed, step)
         optimizer.zero_grad(set_to_none=True)
