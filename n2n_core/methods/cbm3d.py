@@ -27,7 +27,8 @@ Poisson noise (y = Poisson(λx)/λ)
        I is 0 exactly at D = 2·sqrt(3/8) (the transform of a zero count) and is set to 0 below it;
     5. divide by λ.
 
-Impulse noise is refused at configuration time: BM3D models additive Gaussian noise only.
+Impulse noise and greyscale data (data.channels=1) are refused at configuration time: BM3D models
+additive Gaussian noise only, and bm3d_rgb takes RGB images.
 
 Parallelism and determinism
     Images are independent, so `denoise_many` runs them in a pool of worker processes
@@ -103,8 +104,15 @@ class CBM3DConfig(MethodConfigBase):
     def check_noise(self, noise: NoiseModel) -> None:
         if noise.kind == "impulse":
             raise ConfigError(
-                f"cbm3d cannot model {noise.style}: BM3D assumes additive Gaussian noise (Poisson "
-                "goes through the Anscombe transform); for impulse noise use n2n, n2v or ssdn-mu"
+                f"cbm3d cannot model {noise.style}: BM3D is a Gaussian denoiser (Poisson goes "
+                "through the Anscombe transform); for impulse noise use n2c, n2n, ssdn-mu or ssdn (RGB)"
+            )
+
+    def check_channels(self, channels: int, noise: NoiseModel) -> None:
+        if channels != 3:
+            raise ConfigError(
+                f"cbm3d runs colour BM3D (bm3d_rgb) on RGB images only, not data.channels={channels}; "
+                "use data.channels=3 (the paper has no greyscale CBM3D cell)"
             )
 
     def options(self) -> dict[str, str]:
@@ -325,8 +333,8 @@ class CBM3D(Method):
 
     config: CBM3DConfig
 
-    def __init__(self, config: CBM3DConfig, noise: NoiseModel):
-        super().__init__(config, noise)
+    def __init__(self, config: CBM3DConfig, noise: NoiseModel, channels: int = 3):
+        super().__init__(config, noise, channels)
         import_bm3d()  # fail now, in one line, rather than inside a worker
         self.versions = bm3d_versions()
         self.cache = ResultCache(config.cache_dir) if config.cache_dir else None

@@ -5,7 +5,7 @@ manipulator, which may pick the centre pixel itself, neighbourhood radius 5). Ot
 0.198 % or 0.2 % without the centre; set `mask_percent` / `allow_center` to reproduce them. Every
 value is recorded with the run. The SSDN paper's N2V baseline evaluated an EMA of the weights:
 `configs/methods/n2v.toml` turns `train.ema_decay` on for that reason, warmed up by default
-(`method.ema_warmup`, see N2VConfig).
+(`method.ema_warmup`, see N2VConfig). Impulse noise is refused (see N2VConfig.check_noise).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import Field
 
+from ..errors import ConfigError
+from ..noise import NoiseModel
 from ..train.schedule import ema_decay_at
 from .base import LossOutput, MethodConfigBase, TrainingPair
 from .n2c import N2C
@@ -32,6 +34,15 @@ class N2VConfig(MethodConfigBase):
     """Warm the weights' moving average up (schedule.ema_decay_at): decay min(d, (1+t)/(10+t)).
     Ours, not the papers' (they are silent; at their 500k steps it changes nothing visible): without
     it a short budget scores an average still dominated by the random initial weights."""
+
+    def check_noise(self, noise: NoiseModel) -> None:
+        # its L2 target, the noisy input itself, has mean (1 − α)x + α/2 under impulse noise
+        # (METHODS.md §5b), and the paper has no N2V impulse cell
+        if noise.kind == "impulse":
+            raise ConfigError(
+                f"n2v cannot model {noise.style}: its L2 loss on noisy pixels learns the biased mean "
+                "of impulse noise; for impulse noise use n2c, n2n, ssdn-mu or ssdn (RGB)"
+            )
 
 
 class N2V(N2C):
