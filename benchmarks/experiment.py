@@ -110,7 +110,8 @@ def _validation(method: Method, cfg: ExperimentConfig, device, data_dir: Path):
     """Fixed validation crops (training-crop sized) scored with the evaluation protocol."""
     if cfg.train.validation_images == 0:
         return None
-    evaluator = make_evaluator(resolve_set(cfg.train.validation_set, data_dir), parse_style(cfg.noise),
+    evaluator = make_evaluator(resolve_set(cfg.train.validation_set, data_dir, cfg.data.channels),
+                               parse_style(cfg.noise),
                                seed=derive_seed(cfg.eval.seed, "validation"), repeats=1,
                                center_crop=cfg.train.patch_size, max_images=cfg.train.validation_images)
 
@@ -134,12 +135,13 @@ def train(cfg: ExperimentConfig, out_dir: Path, tracker: Tracker | None = None,
     data_dir = data_dir or default_data_dir()
     device = resolve_device(cfg.train.device)
     noise = parse_style(cfg.noise)
-    method = build_method(cfg.method, noise)
+    method = build_method(cfg.method, noise, cfg.data.channels)
     if not method.trainable:
         return TrainResult(None, 0, 0, 0.0, None, method, cfg)
     dist_ctx, device = distributed.init_from_env(device)
     main = dist_ctx is None or dist_ctx.is_main
-    stream = stream_for(resolve_set(cfg.train.train_set, data_dir), cfg.train.patch_size, cfg.seed)
+    stream = stream_for(resolve_set(cfg.train.train_set, data_dir, cfg.data.channels), cfg.train.patch_size,
+                        cfg.seed)
     if getattr(stream, "paired", False) and not getattr(method, "accepts_pairs", False):
         raise ConfigError(f"{cfg.train.train_set} holds given noisy pairs without clean targets; only "
                           "course variants trained as N2N (method.target=\"n2n\") can train on it")
@@ -171,7 +173,7 @@ def load_trained(checkpoint: Path, device: torch.device) -> tuple[ExperimentConf
         cfg = ExperimentConfig.model_validate_json(saved["meta"]["config"])
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"checkpoint {checkpoint} carries no valid configuration ({err})") from None
-    method = build_method(cfg.method, parse_style(cfg.noise))
+    method = build_method(cfg.method, parse_style(cfg.noise), cfg.data.channels)
     model = method.build_model(make_generator(0))
     try:
         model.load_state_dict(saved["ema"] if saved.get("ema") is not None else saved["model"])
@@ -190,9 +192,10 @@ def evaluate_model(method: Method, model, cfg: ExperimentConfig, dataset: str, n
     """Score a (trained) method on one set with the §8 protocol and the config's eval options."""
     noise_model = parse_style(noise)
     if noise_model.style != parse_style(cfg.noise).style:
-        method = build_method(cfg.method, noise_model)  # e.g. known-σ SSDN scored on another level
-    evaluator = make_evaluator(resolve_set(dataset, data_dir), noise_model, seed=cfg.eval.seed,
-                               repeats=repeats or cfg.eval.repeats_for(dataset),
+        # e.g. known-σ SSDN scored on another level
+        method = build_method(cfg.method, noise_model, cfg.data.channels)
+    evaluator = make_evaluator(resolve_set(dataset, data_dir, cfg.data.channels), noise_model,
+                               seed=cfg.eval.seed, repeats=repeats or cfg.eval.repeats_for(dataset),
                                center_crop=cfg.eval.center_crop, max_images=cfg.eval.max_images)
     return evaluator.run(make_denoiser(method, model, device, cfg), chunk=method_chunk(method),
                          progress=progress)
@@ -256,8 +259,8 @@ def save_example_crops(result: TrainResult, dataset: str, out_dir: Path, data_di
     from PIL import Image
 
     cfg = result.config
-    evaluator = make_evaluator(resolve_set(dataset, data_dir), parse_style(cfg.noise), seed=cfg.eval.seed,
-                               repeats=1, center_crop=cfg.eval.center_crop, max_images=1)
+    evaluator = make_evaluator(resolve_set(dataset, data_dir, cfg.data.channels), parse_style(cfg.noise),
+                               seed=cfg.eval.seed, repeats=1, center_crop=cfg.eval.center_crop, max_images=1)
     item = next(evaluator.inputs())
     denoised = make_denoiser(result.method, result.model, device, cfg)([item])[0]
     denoised = denoised[0] if denoised.dim() == 4 else denoised
@@ -268,5 +271,6 @@ def save_example_crops(result: TrainResult, dataset: str, out_dir: Path, data_di
     for label, image in (("noisy", item.noisy.noisy[0]), ("denoised", denoised), ("clean", clean)):
         pixels = image if image.dtype == torch.uint8 else quantize_uint8(image[:, :h, :w])
         array = pixels[window].permute(1, 2, 0).contiguous().numpy()
+        array = array[..., 0] if array.shape[-1] == 1 else array  # greyscale: a mode-L PNG
         target = out_dir / f"crop-{set_label(dataset)}-{label}.png"
         atomic_write(target, lambda tmp, a=array: Image.fromarray(a).save(tmp, format="PNG"))

@@ -1,7 +1,7 @@
 """Validated run configuration: pydantic models, TOML profiles, `--set` overrides, the run's hash.
 
 A run is composed from plain dicts merged in a fixed order and validated once:
-profile TOML ([train], [eval]) → method TOML ([method]) → noise style → `--set section.key=value`.
+profile TOML ([train], [eval], [data]) → method TOML ([method]) → noise style → `--set section.key=value`.
 A key set by both the profile and the method file is an error, not a silent win.
 """
 
@@ -83,6 +83,13 @@ class EvalConfig(Frozen):
         return self.repeats.get(name, 1)
 
 
+class DataConfig(Frozen):
+    channels: Literal[1, 3] = 3
+    """Image channels: 3 (RGB) or 1 (greyscale, the paper's "mono" runs). Training, validation and
+    evaluation images are converted as the released code's `set_color_channels`
+    (data/images.set_channels: the mean of R, G, B, rounded for uint8 images)."""
+
+
 def _method_union():
     configs = tuple(cfg for cfg, _ in METHODS.values())
     return Annotated[Union[configs], Field(discriminator="name")]  # noqa: UP007
@@ -101,11 +108,14 @@ class ExperimentConfig(Frozen):
     method: _method_union()
     train: TrainConfig
     eval: EvalConfig = EvalConfig()
+    data: DataConfig = DataConfig()
 
     @model_validator(mode="after")
     def _method_accepts_noise(self):
+        noise = parse_style(self.noise)
         try:
-            self.method.check_noise(parse_style(self.noise))
+            self.method.check_noise(noise)
+            self.method.check_channels(self.data.channels, noise)
         except NoiseNotSupported:
             raise
         except ConfigError as err:  # typed, so the grid can tell "not applicable" from a bad config

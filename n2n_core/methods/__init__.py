@@ -32,9 +32,10 @@ def method_config(name: str, **fields) -> MethodConfigBase:
     return METHODS[name][0](**fields)
 
 
-def build_method(config: MethodConfigBase, noise: NoiseModel) -> Method:
-    """Instantiate the method for a validated config; refuses method–noise pairs it cannot model."""
-    return METHODS[config.name][1](config, noise)
+def build_method(config: MethodConfigBase, noise: NoiseModel, channels: int = 3) -> Method:
+    """Instantiate the method for a validated config on `channels`-channel images (data.channels);
+    refuses method–noise–channel combinations it cannot model."""
+    return METHODS[config.name][1](config, noise, channels)
 
 
 __all__ = [
