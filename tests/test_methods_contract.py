@@ -271,12 +271,6 @@ def test_ssdn_estimated_level_ignores_the_true_level_and_starts_at_softplus_minu
 # ----------------------------------------------------------------------------- refusals
 
 
-def test_ssdn_refuses_impulse_noise_and_suggests_an_alternative():
-    with pytest.raises(ConfigError, match=r"(?i)gaussian.*poisson|ssdn-mu|n2v") as err:
-        build_method(method_config("ssdn"), parse_style("impulse50"))
-    assert "impulse50" in str(err.value)
-
-
 def test_ssdn_constant_level_refuses_variable_styles_and_suggests_per_image():
     with pytest.raises(ConfigError, match="per_image") as err:
         build_method(method_config("ssdn", sigma="constant"), parse_style("gaussian5_50"))
@@ -285,7 +279,10 @@ def test_ssdn_constant_level_refuses_variable_styles_and_suggests_per_image():
 
 @pytest.mark.parametrize(("name", "fields", "style"), [
     ("ssdn-mu", {}, "impulse50"),
-    ("n2v", {}, "impulse50"),
+    ("n2n", {}, "impulse0_100"),
+    ("ssdn", {}, "impulse50"),
+    ("ssdn", {"sigma": "constant"}, "impulse50"),
+    ("ssdn", {"sigma": "per_image", "covariance": "diagonal"}, "impulse0_100"),
     ("ssdn", {"sigma": "per_image"}, "gaussian5_50"),
     ("ssdn", {"sigma": "per_image"}, "poisson5_50"),
     ("ssdn", {"sigma": "constant"}, "poisson30"),
