@@ -247,8 +247,8 @@ def test_mono_run_trains_and_scores_end_to_end(variant, grey_folder, tmp_path):
     cfg = experiment.compose_config("smoke", variant, "gaussian25", [
         "data.channels=1", f"train.train_set={folder}", f"train.validation_set={folder}",
         f"eval.sets=['{folder}']", "train.budget_images=4", "train.batch_size=2", "train.patch_size=32",
-        "train.checkpoint_every_images=4", "train.validate_every_images=4", "eval.center_crop=64",
-        "eval.max_images=1",
+        "train.checkpoint_every_images=4", "train.validate_every_images=4", "train.validation_images=1",
+        "eval.center_crop=32", "eval.max_images=1",
     ])
     out = tmp_path / "run"
     result = experiment.train(cfg, out, data_dir=tmp_path, progress=False)
