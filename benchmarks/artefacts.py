@@ -62,7 +62,8 @@ def save_example_crops(result: TrainResult, dataset: str, out_dir: Path, data_di
     from PIL import Image
 
     cfg = result.config
-    evaluator = make_evaluator(resolve_set(dataset, data_dir), parse_style(cfg.noise), seed=cfg.eval.seed,
+    evaluator = make_evaluator(resolve_set(dataset, data_dir, cfg.data.channels), parse_style(cfg.noise),
+                               seed=cfg.eval.seed,
                                repeats=1, center_crop=cfg.eval.center_crop, max_images=1)
     item = next(evaluator.inputs())
     denoised = make_denoiser(result.method, result.model, device, cfg)([item])[0]
@@ -74,5 +75,6 @@ def save_example_crops(result: TrainResult, dataset: str, out_dir: Path, data_di
     for label, image in (("noisy", item.noisy.noisy[0]), ("denoised", denoised), ("clean", clean)):
         pixels = image if image.dtype == torch.uint8 else quantize_uint8(image[:, :h, :w])
         array = pixels[window].permute(1, 2, 0).contiguous().numpy()
+        array = array[..., 0] if array.shape[-1] == 1 else array  # greyscale: a mode-L PNG
         target = out_dir / f"crop-{set_label(dataset)}-{label}.png"
         atomic_write(target, lambda tmp, a=array: Image.fromarray(a).save(tmp, format="PNG"))

@@ -72,7 +72,7 @@ def load_trained(checkpoint: Path, device: torch.device) -> tuple[ExperimentConf
         cfg = ExperimentConfig.model_validate_json(saved["meta"]["config"])
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"checkpoint {checkpoint} carries no valid configuration ({first_line(err)})") from None
-    method = build_method(cfg.method, parse_style(cfg.noise), cfg.method_source)
+    method = build_method(cfg.method, parse_style(cfg.noise), cfg.data.channels, cfg.method_source)
     model = method.build_model(make_generator(0))
     try:
         model.load_state_dict(saved["ema"] if saved.get("ema") is not None else saved["model"])
@@ -91,8 +91,8 @@ def evaluate_model(method: Method, model, cfg: ExperimentConfig, dataset: str, n
     """Score a (trained) method on one set with the §8 protocol and the config's eval options."""
     noise_model = parse_style(noise)
     if noise_model.style != parse_style(cfg.noise).style:  # e.g. known-σ SSDN scored on another level
-        method = build_method(cfg.method, noise_model, cfg.method_source)
-    evaluator = make_evaluator(resolve_set(dataset, data_dir), noise_model, seed=cfg.eval.seed,
+        method = build_method(cfg.method, noise_model, cfg.data.channels, cfg.method_source)
+    evaluator = make_evaluator(resolve_set(dataset, data_dir, cfg.data.channels), noise_model, seed=cfg.eval.seed,
                                repeats=repeats or cfg.eval.repeats_for(dataset),
                                center_crop=cfg.eval.center_crop, max_images=cfg.eval.max_images)
     return evaluator.run(make_denoiser(method, model, device, cfg), chunk=method.eval_chunk,

@@ -44,7 +44,8 @@ def _validation(method: Method, cfg: ExperimentConfig, device, data_dir: Path):
     """Fixed validation crops (training-crop sized) scored with the evaluation protocol."""
     if cfg.train.validation_images == 0:
         return None
-    evaluator = make_evaluator(resolve_set(cfg.train.validation_set, data_dir), parse_style(cfg.noise),
+    evaluator = make_evaluator(resolve_set(cfg.train.validation_set, data_dir, cfg.data.channels),
+                               parse_style(cfg.noise),
                                seed=derive_seed(cfg.eval.seed, "validation"), repeats=1,
                                center_crop=cfg.train.patch_size, max_images=cfg.train.validation_images)
 
@@ -63,12 +64,13 @@ def train(cfg: ExperimentConfig, out_dir: Path, tracker: Tracker | None = None,
     """Train (or resume, or return the finished run in out_dir) and return the evaluation model."""
     data_dir = data_dir or default_data_dir()
     device = resolve_device(cfg.train.device)
-    method = build_method(cfg.method, parse_style(cfg.noise), cfg.method_source)
+    method = build_method(cfg.method, parse_style(cfg.noise), cfg.data.channels, cfg.method_source)
     if not method.trainable:
         return TrainResult(None, 0, 0, 0.0, None, method, cfg)
     dist_ctx, device = distributed.init_from_env(device)
     main = dist_ctx is None or dist_ctx.is_main
-    stream = stream_for(resolve_set(cfg.train.train_set, data_dir), cfg.train.patch_size, cfg.seed)
+    stream = stream_for(resolve_set(cfg.train.train_set, data_dir, cfg.data.channels), cfg.train.patch_size,
+                        cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / "checkpoint.pt"
     config_file, config_text = out_dir / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2)

@@ -1,7 +1,7 @@
 """Validated run configuration: pydantic models, TOML profiles, `--set` overrides, the run's hash.
 
 A run is composed from plain dicts merged in a fixed order and validated once:
-profile TOML ([train], [eval]) → method TOML ([method]) → noise style → `--set section.key=value`.
+profile TOML ([train], [eval], [data]) → method TOML ([method]) → noise style → `--set section.key=value`.
 A key set by both the profile and the method file is an error, not a silent win.
 """
 
@@ -85,6 +85,13 @@ class EvalConfig(Frozen):
         return self.repeats.get(name, 1)
 
 
+class DataConfig(Frozen):
+    channels: Literal[1, 3] = 3
+    """Image channels: 3 (RGB) or 1 (greyscale, the paper's "mono" runs). Training, validation and
+    evaluation images are converted as the released code's `set_color_channels`
+    (data/images.set_channels: the mean of R, G, B, rounded for uint8 images)."""
+
+
 NoiseStyle = Annotated[str, AfterValidator(canonical_style)]
 
 
@@ -101,6 +108,7 @@ class ExperimentConfig(Frozen):
     """Where a method from outside the package came from (spec and sha256 of its file)."""
     train: TrainConfig
     eval: EvalConfig = EvalConfig()
+    data: DataConfig = DataConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -120,7 +128,7 @@ class ExperimentConfig(Frozen):
         # each method states what it refuses (methods/base.py Method.check); a NoiseNotSupported
         # keeps its type, so the grid can tell "not applicable" from a bad configuration
         method_class(self.method.name, self.method_source).check(
-            self.method, parse_style(self.noise), self.train, self.eval)
+            self.method, parse_style(self.noise), self.train, self.eval, self.data)
         return self
 
     def identity_dump(self) -> dict:
@@ -152,6 +160,7 @@ class ExperimentConfig(Frozen):
 # Options added after the first release, left out of a run's identity while at their default.
 OMITTED_AT_DEFAULT: dict[str, object] = {
     "method_source": None,
+    "data.channels": 3,
 }
 
 

@@ -127,7 +127,7 @@ def test_checkpoint_evaluates_from_the_command_line(trained, data_dir, variant):
 
 
 BAD_INPUTS = [
-    pytest.param(["--method", "ssdn-known", "--noise", "impulse50"], "gaussian", id="ssdn-impulse"),
+    pytest.param(["--method", "n2v", "--noise", "impulse50"], "n2c, n2n", id="n2v-impulse"),
     pytest.param(["--method", "ssdn-constant", "--noise", "gaussian5_50"], "per_image", id="constant-variable"),
     pytest.param(["--method", "n2c", "--noise", "gaussian25", "--set", "train.budgt=5"], "budgt", id="misspelt-key"),
     pytest.param(["--method", "n2c", "--noise", "gaussian25", "--set", "train.patch_size=50"], "multiple of 32",

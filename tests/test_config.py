@@ -163,8 +163,10 @@ def test_configs_are_frozen():
 
 
 def test_method_noise_refusal_happens_at_config_time():
-    with pytest.raises(BAD_CONFIG, match="gaussian\\* or poisson\\*"):
-        compose_config("smoke", "ssdn-known", "impulse50")
+    with pytest.raises(BAD_CONFIG, match="for impulse noise use n2c, n2n"):
+        compose_config("smoke", "n2v", "impulse50")
+    with pytest.raises(BAD_CONFIG, match="NotImplementedError"):
+        compose_config("smoke", "ssdn-known", "impulse50", ["data.channels=1"])
     with pytest.raises(BAD_CONFIG, match="per_image"):
         compose_config("smoke", "ssdn-constant", "gaussian5_50")
 

@@ -49,10 +49,11 @@ def method_config(name: str, **fields) -> MethodConfigBase:
     return method_class(name).Config(**fields)
 
 
-def build_method(config: MethodConfigBase, noise: NoiseModel,
+def build_method(config: MethodConfigBase, noise: NoiseModel, channels: int = 3,
                  source: external.MethodSource | None = None) -> Method:
-    """Instantiate the method of a validated config (configuration validation ran its `check`)."""
-    return method_class(config.name, source)(config, noise)
+    """Instantiate the method of a validated config on `channels`-channel images (data.channels);
+    configuration validation has run its `check`."""
+    return method_class(config.name, source)(config, noise, channels)
 
 
 __all__ = [

@@ -31,7 +31,7 @@ from ..errors import ConfigError
 from ..noise import NoiseModel, NoisyBatch
 
 if TYPE_CHECKING:  # configuration sections, only for annotations (config.py imports this module)
-    from ..config import EvalConfig, TrainConfig
+    from ..config import DataConfig, EvalConfig, TrainConfig
 
 
 class MethodConfigBase(BaseModel):
@@ -57,7 +57,7 @@ class Step:
 
 @dataclass(frozen=True)
 class TrainingPair:
-    inputs: Tensor  # what the network sees, (N, C, P, P)
+    inputs: Tensor  # what the network sees, (N, C, P, P), C = data.channels
     targets: Tensor  # what the loss compares against, batch first
     mask: Tensor | None = None  # N2V: 1 where the loss is taken
     level: Tensor | None = None  # per-image noise level (N,), for known-level variants
@@ -78,16 +78,17 @@ class Method:
     blind_spot: ClassVar[bool] = False  # True: scored in tiles when the crops are small (§4)
     eval_chunk: ClassVar[int] = 1  # evaluation inputs handed to one `denoise_many` call
 
-    def __init__(self, config: MethodConfigBase, noise: NoiseModel):
+    def __init__(self, config: MethodConfigBase, noise: NoiseModel, channels: int = 3):
         self.config = config
         self.noise = noise
+        self.channels = channels  # image channels (data.channels): 3 RGB, 1 greyscale
 
     # --- configuration time -------------------------------------------------------------
     @classmethod
     def check(cls, config: MethodConfigBase, noise: NoiseModel, train: TrainConfig,
-              evaluation: EvalConfig) -> None:
-        """Raise ConfigError (NoiseNotSupported for a noise it cannot model) when this method
-        cannot run so; called by configuration validation, before anything is trained."""
+              evaluation: EvalConfig, data: DataConfig) -> None:
+        """Raise ConfigError (NoiseNotSupported for a noise or channel count it cannot model) when
+        this method cannot run so; called by configuration validation, before anything is trained."""
 
     @classmethod
     def with_cache_dir(cls, config: MethodConfigBase, folder: str) -> MethodConfigBase:

@@ -27,7 +27,8 @@ Poisson noise (y = Poisson(λx)/λ)
        I is 0 exactly at D = 2·sqrt(3/8) (the transform of a zero count) and is set to 0 below it;
     5. divide by λ.
 
-Impulse noise is refused at configuration time: BM3D models additive Gaussian noise only.
+Impulse noise and greyscale data (data.channels=1) are refused at configuration time: BM3D models
+additive Gaussian noise only, and bm3d_rgb takes RGB images.
 
 Parallelism and determinism
     Images are independent, so `denoise_many` runs them in a pool of worker processes
@@ -323,11 +324,16 @@ class CBM3D(Method):
     config: CBM3DConfig
 
     @classmethod
-    def check(cls, config, noise, train, evaluation):
+    def check(cls, config, noise, train, evaluation, data):
         if noise.kind == "impulse":
             raise NoiseNotSupported(
-                f"cbm3d cannot model {noise.style}: BM3D assumes additive Gaussian noise (Poisson "
-                "goes through the Anscombe transform); for impulse noise use n2n, n2v or ssdn-mu"
+                f"cbm3d cannot model {noise.style}: BM3D is a Gaussian denoiser (Poisson goes "
+                "through the Anscombe transform); for impulse noise use n2c, n2n, ssdn-mu or ssdn (RGB)"
+            )
+        if data.channels != 3:
+            raise NoiseNotSupported(
+                f"cbm3d runs colour BM3D (bm3d_rgb) on RGB images only, not data.channels={data.channels}; "
+                "use data.channels=3 (the paper has no greyscale CBM3D cell)"
             )
 
     @classmethod
@@ -335,8 +341,8 @@ class CBM3D(Method):
         """Finished images are cached under `folder` unless the run names its own cache_dir."""
         return config if config.cache_dir is not None else config.model_copy(update={"cache_dir": folder})
 
-    def __init__(self, config: CBM3DConfig, noise: NoiseModel):
-        super().__init__(config, noise)
+    def __init__(self, config: CBM3DConfig, noise: NoiseModel, channels: int = 3):
+        super().__init__(config, noise, channels)
         import_bm3d()  # fail now, in one line, rather than inside a worker
         self.versions = bm3d_versions()
         self.cache = ResultCache(config.cache_dir) if config.cache_dir else None

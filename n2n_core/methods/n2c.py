@@ -20,7 +20,7 @@ class N2C(Method):
     Config = N2CConfig
 
     def build_model(self, rng):
-        return UNet(n_out=3, rng=rng)
+        return UNet(n_out=self.channels, in_channels=self.channels, rng=rng)
 
     def training_pair(self, clean, rngs):
         return TrainingPair(inputs=self.noise.sample(clean, rngs.noise).noisy, targets=clean)
