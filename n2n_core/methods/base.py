@@ -48,6 +48,7 @@ class Step:
     method: torch.Generator  # masks, sub-samplers and any other method-side randomness
     images_seen: int = 0  # images trained on before this step
     budget_images: int = 0  # the run's budget N; 0 when only evaluating
+    index: int = 0  # the step's number from 0 (images_seen // batch size): per-step schedules
 
     @property
     def progress(self) -> float:
