@@ -37,8 +37,8 @@ from n2n_core.data.images import default_data_dir
 from n2n_core.errors import ConfigError, first_line
 from n2n_core.train.checkpoint import atomic_write
 
-from . import experiment
-from .grid import Job, attempt_job, finished_run
+from . import compose
+from .jobs import Job, attempt_job, finished_run
 from .mlflow_tracker import PROJECT_ROOT, open_store
 
 SWEEP_EXPERIMENT = "n2n-bench-sweep"
@@ -127,7 +127,7 @@ def sweep_cells(method: str, noise: str, profile: str, axes: list[Axis], overrid
         raise ConfigError(f"--axis names a key twice ({', '.join(keys)}); give each key once with all its values")
     cells, by_hash = [], {}
     for items in itertools.product(*(axis.items for axis in axes)):
-        cfg = experiment.compose_config(profile, method, noise, [*overrides, *(f"{k}={v}" for k, v in zip(keys, items))])
+        cfg = compose.compose_config(profile, method, noise, [*overrides, *(f"{k}={v}" for k, v in zip(keys, items))])
         cell = Cell({k: _resolved(cfg, k, v) for k, v in zip(keys, items)}, Job(method, cfg))
         same = by_hash.setdefault(cfg.config_hash(), cell)
         if same is not cell:
