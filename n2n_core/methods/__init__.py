@@ -10,8 +10,10 @@ from .course import Course, CourseConfig
 from .n2c import N2C, N2CConfig
 from .n2n import N2N, N2NConfig
 from .n2v import N2V, N2VConfig
+from .n2v2 import N2V2, N2V2Config
 from .noisy import Noisy, NoisyConfig
 from .ssdn import SSDN, SSDNConfig, SSDNMu, SSDNMuConfig
+from .zs_n2n import ZSN2N, ZSN2NConfig
 
 METHODS: dict[str, tuple[type[MethodConfigBase], type[Method]]] = {
     "noisy": (NoisyConfig, Noisy),
@@ -20,6 +22,8 @@ METHODS: dict[str, tuple[type[MethodConfigBase], type[Method]]] = {
     "n2v": (N2VConfig, N2V),
     "ssdn": (SSDNConfig, SSDN),
     "ssdn-mu": (SSDNMuConfig, SSDNMu),
+    "n2v2": (N2V2Config, N2V2),
+    "zs-n2n": (ZSN2NConfig, ZSN2N),
     "cbm3d": (CBM3DConfig, CBM3D),
     "course": (CourseConfig, Course),
 }
