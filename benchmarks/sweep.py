@@ -21,8 +21,8 @@ from n2n_core.errors import ConfigError
 from n2n_core.noise import parse_style
 from n2n_core.train.checkpoint import atomic_write
 
-from . import experiment
-from .grid import Job, attempt_job, finished_run
+from . import compose
+from .jobs import Job, attempt_job, finished_run
 from .mlflow_tracker import PROJECT_ROOT, open_store
 
 SWEEP_EXPERIMENT = "n2n-bench-sweep"
@@ -38,9 +38,9 @@ class SweepOutcome:
 def variant_for(network: str, target: str = "n2n") -> str:
     """'bn_dropout', 'n2c' → 'course-bn-dropout-n2c' (a file in configs/methods)."""
     name = f"course-{network.replace('_', '-')}" + ("-n2c" if target == "n2c" else "")
-    if name not in experiment.available("methods"):
+    if name not in compose.available("methods"):
         known = sorted({v.removeprefix("course-").removesuffix("-n2c")
-                        for v in experiment.available("methods") if v.startswith("course-")})
+                        for v in compose.available("methods") if v.startswith("course-")})
         raise ConfigError(f"unknown course network {network!r} (or target {target!r}); expected one of: "
                           f"{', '.join(known)}, target n2n or n2c")
     return name
@@ -55,7 +55,7 @@ def sweep_jobs(network: str, noise: str, profile: str, batches: list[int], losse
         for loss in losses:
             for lr in lrs:
                 cell = [f"train.batch_size={batch}", f'method.loss="{loss}"', f"train.lr={lr!r}"]
-                cfg = experiment.compose_config(profile, variant, noise, [*overrides, *cell])
+                cfg = compose.compose_config(profile, variant, noise, [*overrides, *cell])
                 jobs.append(Job(f"{variant}-b{batch}-{loss}-lr{lr:g}", cfg))
     return jobs
 

@@ -19,7 +19,7 @@ import torch
 from typer.testing import CliRunner
 
 from benchmarks.cli import app
-from benchmarks.experiment import compose_config
+from benchmarks.compose import compose_config
 from benchmarks.grid import expand
 from n2n_core.config import TrainConfig
 from n2n_core.data import small32 as small32_module
@@ -131,10 +131,18 @@ def test_course32_files_round_trip_and_score_the_given_pairs(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(course.load(), data["clean"]))
     assert all(torch.equal(x, y) for x, y in zip(course.load_noisy(), data["noisy"]))
     stream = PairStream(*course.train_pairs(), patch_size=32, seed=0)
-    epoch = torch.cat([stream.batch(i, 4) for i in range(0, 12, 4)])  # one pass: each pair once
+
+    class BothDraws:  # a method that hands back what given_pair receives, input draw ‖ target draw
+        def given_pair(self, first, second, step):
+            return torch.cat([first, second], dim=1)
+
+    def pairs(seen: int):
+        return stream.training_pair(BothDraws(), seen, 4, None, torch.device("cpu"))
+
+    epoch = torch.cat([pairs(i) for i in range(0, 12, 4)])  # one pass: each pair once
     expected = torch.cat([data["a"], data["b"]], dim=1).float() / 255
     assert sorted(map(tuple, epoch.flatten(1)[:, :8].tolist())) == sorted(map(tuple, expected.flatten(1)[:, :8].tolist()))
-    assert torch.equal(stream.batch(4, 4), stream.batch(4, 4))
+    assert torch.equal(pairs(4), pairs(4))
     evaluator = make_evaluator(course, noise=None, max_images=4)
     result = evaluator.run(lambda items: [item.noisy.noisy for item in items])  # identity "denoiser"
     want = [psnr_uint8(to_float(n), c) for n, c in zip(data["noisy"][:4], data["clean"][:4])]
@@ -201,10 +209,10 @@ def scratch_trainer(images, tmp_path, budget=24, stop_at=None, **method_fields):
         inner = stream
 
         class Stopping:
-            def batch(self, images_seen, n):
+            def training_pair(self, method, images_seen, n, step, device):
                 if images_seen >= stop_at:
                     raise Stop(images_seen)
-                return inner.batch(images_seen, n)
+                return inner.training_pair(method, images_seen, n, step, device)
 
         stream = Stopping()
     cfg = TrainConfig(budget_images=budget, batch_size=4, patch_size=32, lr=1.0, checkpoint_every_images=8,
@@ -240,13 +248,13 @@ def test_scratch_network_trains_through_the_trainer_without_autograd(tiny_images
 def test_scratch_resume_equals_the_uninterrupted_run(tiny_images, tmp_path, loss):
     images = tiny_images(4, 40, 40)
     method, whole = scratch_trainer(images, tmp_path, loss=loss, momentum=0.5, optimizer="sgd")
-    reference = whole.fit(method.build_model(make_generator(0)), tmp_path / "whole.pt")
+    reference, _ = whole.fit(method.build_model(make_generator(0)), tmp_path / "whole.pt")
     method, broken = scratch_trainer(images, tmp_path, stop_at=12, loss=loss, momentum=0.5, optimizer="sgd")
     with pytest.raises(Stop):
         broken.fit(method.build_model(make_generator(0)), tmp_path / "resumed.pt")
     assert load_checkpoint(tmp_path / "resumed.pt")["images_seen"] == 8
     method, resumed = scratch_trainer(images, tmp_path, loss=loss, momentum=0.5, optimizer="sgd")
-    final = resumed.fit(method.build_model(make_generator(1)), tmp_path / "resumed.pt")  # init overwritten
+    final, _ = resumed.fit(method.build_model(make_generator(1)), tmp_path / "resumed.pt")  # init overwritten
     for (name, a), b in zip(reference.state_dict().items(), final.state_dict().values()):
         assert torch.equal(a, b), name
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from n2n_core.errors import ConfigError
-from n2n_core.methods import Rngs, build_method, method_config
+from n2n_core.config import DataConfig, EvalConfig, TrainConfig
+from n2n_core.errors import ConfigError, NoiseNotSupported
+from n2n_core.methods import METHODS, Step, build_method, method_config
 from n2n_core.methods.n2v_masking import n2v_mask, n2v_median_mask
 from n2n_core.networks import UNet
 from n2n_core.networks.unet import max_blur_pool2x2
@@ -154,29 +155,36 @@ def test_n2v2_pair_is_the_median_masked_noisy_input_and_its_model_is_the_n2v2_un
     model = method.build_model(make_generator(0))
     assert model.body.pool is max_blur_pool2x2 and not model.body.top_skip
     clean = torch.rand(2, 3, 32, 32, generator=make_generator(7))
-    pair = method.training_pair(clean, Rngs(noise=make_generator(10), method=make_generator(20)))
+    pair = method.training_pair(clean, Step(noise=make_generator(10), method=make_generator(20)))
     noisy = parse_style("gaussian25").sample(clean, make_generator(10)).noisy
     assert torch.equal(pair.targets, noisy)
     want, want_mask = n2v_median_mask(noisy, make_generator(20), percent=1.5, radius=5)
     assert torch.equal(pair.inputs, want) and torch.equal(pair.mask, want_mask)
 
 
+def check(name: str, style: str, channels: int = 3) -> None:
+    METHODS[name].check(method_config(name), parse_style(style), TrainConfig(budget_images=8),
+                        EvalConfig(), DataConfig(channels=channels))
+
+
 def test_n2v2_refuses_impulse_noise_in_one_line_naming_methods_that_work():
-    with pytest.raises(ConfigError) as err:
-        build_method(method_config("n2v2"), parse_style("impulse50"))
+    with pytest.raises(NoiseNotSupported) as err:
+        check("n2v2", "impulse50")
     message = str(err.value)
     assert "\n" not in message and "impulse50" in message
-    for name in ("n2c", "n2n", "ssdn-mu"):
+    for name in ("n2c", "n2n", "ssdn-mu", "ssdn"):
         assert name in message
+        check(name, "impulse50")  # each one named accepts the pairing (ssdn on RGB)
     for style in ("gaussian25", "poisson30", "gaussian5_50"):
-        build_method(method_config("n2v2"), parse_style(style))
+        check("n2v2", style)
+    check("n2v2", "gaussian25", channels=1)
 
 
 def test_a_few_adam_steps_lower_the_n2v2_loss_on_a_fixed_batch():
     method = build_method(method_config("n2v2", mask_percent=6.25), parse_style("gaussian25"))
     model = method.build_model(make_generator(0))
     clean = F.avg_pool2d(torch.rand(2, 3, 36, 36, generator=make_generator(8)), 5, 1)  # smooth 32²
-    pair = method.training_pair(clean, Rngs(noise=make_generator(1), method=make_generator(2)))
+    pair = method.training_pair(clean, Step(noise=make_generator(1), method=make_generator(2)))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
     losses = []
     for _ in range(6):
@@ -186,3 +194,11 @@ def test_a_few_adam_steps_lower_the_n2v2_loss_on_a_fixed_batch():
         optimizer.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_n2v2_on_greyscale_images_builds_a_one_channel_network():
+    method = build_method(method_config("n2v2"), parse_style("gaussian25"), channels=1)
+    model = method.build_model(make_generator(0))
+    x = torch.rand(1, 1, 32, 32, generator=make_generator(9))
+    with torch.no_grad():
+        assert method.denoise(model, parse_style("gaussian25").sample(x, make_generator(1))).shape == x.shape

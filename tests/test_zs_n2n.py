@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from conftest import save_png
 from n2n_core.data.sets import ImageSet
-from n2n_core.errors import ConfigError
+from n2n_core.config import DataConfig, EvalConfig, TrainConfig
+from n2n_core.errors import NoiseNotSupported
 from n2n_core.evaluation.protocol import EvalInput, Evaluator
 from n2n_core.methods import METHODS, build_method, method_config
 from n2n_core.methods.zs_n2n import ZSN2NNet, pair_downsample, zs_n2n_loss
@@ -142,17 +143,24 @@ def test_cost_logs_summarise_the_fits_since_the_last_call():
 # --- the harness ------------------------------------------------------------------------------------
 
 
+def check(name: str, style: str, channels: int = 3) -> None:
+    METHODS[name].check(method_config(name), parse_style(style), TrainConfig(budget_images=8),
+                        EvalConfig(), DataConfig(channels=channels))
+
+
 def test_training_free_and_refuses_impulse_in_one_line():
-    assert METHODS["zs-n2n"][1].trainable is False
+    assert METHODS["zs-n2n"].trainable is False
     assert zs().build_model(make_generator(0)) is None
     for style in ("gaussian25", "poisson30", "gaussian5_50", "poisson5_50"):
-        zs(style)
-    with pytest.raises(ConfigError) as err:
-        zs("impulse50")
+        check("zs-n2n", style)
+    check("zs-n2n", "gaussian25", channels=1)
+    with pytest.raises(NoiseNotSupported) as err:
+        check("zs-n2n", "impulse50")
     message = str(err.value)
     assert "\n" not in message and "impulse50" in message
-    for name in ("n2c", "n2n", "ssdn-mu"):
+    for name in ("n2c", "n2n", "ssdn-mu", "ssdn"):
         assert name in message
+        check(name, "impulse50")  # each one named accepts the pairing (ssdn on RGB)
 
 
 def test_paper_defaults():
@@ -172,7 +180,8 @@ def test_denoise_many_fits_the_image_without_the_evaluators_padding():
 
 
 def test_scored_through_the_evaluator_and_the_harness_denoiser(tmp_path):
-    from benchmarks.experiment import compose_config, make_denoiser
+    from benchmarks.compose import compose_config
+    from benchmarks.scoring import make_denoiser
 
     pixels = np.random.default_rng(0).integers(60, 200, (20, 28, 3), dtype=np.uint8)
     image_set = ImageSet("tiny", (save_png(tmp_path / "a.png", pixels),), (None,))
@@ -186,3 +195,10 @@ def test_scored_through_the_evaluator_and_the_harness_denoiser(tmp_path):
     assert seen == [(1, 3, 20, 28)]  # the image itself, not its 32² padded copy
     assert math.isfinite(result.psnr_mean) and result.n_evaluations == 1
     assert method.take_eval_logs()["images"] == 1
+
+
+def test_greyscale_images_are_fitted_with_a_one_channel_network():
+    clean = torch.rand(1, 1, 16, 16, generator=make_generator(11))
+    batch = parse_style("gaussian25").sample(clean, make_generator(12))
+    method = build_method(method_config("zs-n2n", iterations=FEW), parse_style("gaussian25"), channels=1)
+    assert method.denoise(None, batch).shape == (1, 1, 16, 16)

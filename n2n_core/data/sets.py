@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, DataError
-from .images import IMAGE_SUFFIXES, read_image_cached
+from .images import IMAGE_SUFFIXES, read_image_cached, set_channels
 from .manifest import entries_for, sha256_file
 
 # name → (manifest set, folder under the data dir, default evaluation repeats of the paper, §8)
@@ -34,6 +35,7 @@ class ImageSet:
     paths: tuple[Path, ...]
     sha256: tuple[str | None, ...]
     default_repeats: int = 1
+    channels: int = 3  # what load() returns: 3 RGB, 1 greyscale (images.set_channels)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -42,8 +44,12 @@ class ImageSet:
         return [p.stem for p in self.paths]
 
     def load(self) -> list[torch.Tensor]:
-        """Verify (where a checksum is known) and decode every image to uint8 (3, H, W)."""
-        return [_verified_image(p, h) for p, h in zip(self.paths, self.sha256)]
+        """Verify (where a checksum is known) and decode every image to uint8 (channels, H, W).
+
+        The one place where images enter training crops, validation and evaluation, so the
+        greyscale conversion (data.channels) is applied here and nowhere else.
+        """
+        return [set_channels(_verified_image(p, h), self.channels) for p, h in zip(self.paths, self.sha256)]
 
     def pad_to(self) -> int:
         """The common square size, a multiple of 32, that every image fits (Kodak 768, BSD 512)."""
@@ -72,20 +78,28 @@ def _check_hash(path: str, mtime_ns: int, size: int, expected: str) -> None:
         )
 
 
-def resolve_set(name: str, data_dir: Path) -> ImageSet:
+def resolve_set(name: str, data_dir: Path, channels: int = 3) -> ImageSet:
     """Build the ImageSet for a registered name or 'folder:PATH'; fails early with the fix.
 
+    `channels` (data.channels: 3 RGB, 1 greyscale) is what its `load()` returns.
     Two 32×32 sets answer the same questions by duck typing: 'small32' (1,000 seeded crops of the
     BSD300 test images, data/small32.py) and 'course32:DIR' (the course's files, data/course32.py).
     """
     if name == "small32":
         from .small32 import small32_set
 
-        return small32_set(resolve_set("bsd300", data_dir))
+        return small32_set(resolve_set("bsd300", data_dir, channels))
     if name.startswith("course32:"):
+        if channels != 3:
+            raise ConfigError(f"{name} holds RGB noisy pairs; it cannot be read with data.channels={channels}")
         from .course32 import course32_set
 
         return course32_set(name)
+    return dataclasses.replace(_resolve_files(name, data_dir), channels=channels)
+
+
+def _resolve_files(name: str, data_dir: Path) -> ImageSet:
+    """The registered or folder set `name` as RGB files."""
     if name.startswith("folder:"):
         return _folder_set(name, Path(name.split(":", 1)[1]).expanduser(), filter_sides=None)
     if name not in REGISTERED:

@@ -32,9 +32,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..errors import ConfigError
+from ..errors import NoiseNotSupported
 from ..networks import UNet
-from ..noise import NoiseModel
 from .base import MethodConfigBase, TrainingPair
 from .n2v import N2V
 from .n2v_masking import n2v_median_mask
@@ -49,22 +48,25 @@ class N2V2Config(MethodConfigBase):
     ema_warmup: bool = True
     """Warm the weights' moving average up, as N2V does here (n2v.py, schedule.ema_decay_at)."""
 
-    def check_noise(self, noise: NoiseModel) -> None:
-        if noise.kind == "impulse":
-            raise ConfigError(
-                f"n2v2 cannot train on {noise.style}: its L2 target, the noisy input itself, has "
-                "mean (1-α)x + α/2 under impulse noise (METHODS.md §5b); for impulse noise use "
-                "n2c, n2n or ssdn-mu"
-            )
-
 
 class N2V2(N2V):
     """N2V with the median replacement and the blur-pool U-Net without its top-level skip."""
 
-    def build_model(self, rng):
-        return UNet(n_out=3, rng=rng, pool="blur", top_skip=False)
+    Config = N2V2Config
 
-    def training_pair(self, clean, rngs):
-        noisy = self.noise.sample(clean, rngs.noise).noisy
-        inputs, mask = n2v_median_mask(noisy, rngs.method, self.config.mask_percent, self.config.radius)
+    @classmethod
+    def check(cls, config, noise, train, evaluation, data):
+        if noise.kind == "impulse":
+            raise NoiseNotSupported(
+                f"n2v2 cannot model {noise.style}: its L2 target, the noisy input itself, has mean "
+                "(1-α)x + α/2 under impulse noise (METHODS.md §5b); for impulse noise use n2c, n2n, "
+                "ssdn-mu or ssdn (RGB)"
+            )
+
+    def build_model(self, rng):
+        return UNet(n_out=self.channels, in_channels=self.channels, rng=rng, pool="blur", top_skip=False)
+
+    def training_pair(self, clean, step):
+        noisy = self.noise.sample(clean, step.noise).noisy
+        inputs, mask = n2v_median_mask(noisy, step.method, self.config.mask_percent, self.config.radius)
         return TrainingPair(inputs=inputs, targets=noisy, mask=mask)

@@ -11,8 +11,8 @@ read from public copies of it, which agree on everything below except the iterat
   D1(y) averages each 2×2 cell's anti-diagonal pair (top-right, bottom-left: filter
   [[0, ½], [½, 0]]), D2(y) its diagonal pair (top-left, bottom-right: [[½, 0], [0, ½]]). An odd
   last row or column is dropped, as a stride-2 convolution does.
-* The network f (`ZSN2NNet`) predicts the noise: conv 3×3 (3 → 48) + LeakyReLU(0.2), conv 3×3
-  (48 → 48) + LeakyReLU(0.2), conv 1×1 (48 → 3), zero 'same' padding, PyTorch's default Conv2d
+* The network f (`ZSN2NNet`) predicts the noise: conv 3×3 (C → 48, C = the image's channels) +
+  LeakyReLU(0.2), conv 3×3 (48 → 48) + LeakyReLU(0.2), conv 1×1 (48 → C), zero 'same' padding, PyTorch's default Conv2d
   initialisation; the denoised image is y − f(y).
 * Loss (`zs_n2n_loss`), MSE = mean over all entries:
   residual ½[MSE(D1, D2 − f(D2)) + MSE(D2, D1 − f(D1))] plus consistency
@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import NoiseNotSupported
 from ..noise import NoiseModel, NoisyBatch
 from ..seeding import derive_seed, make_generator
 from .base import Method, MethodConfigBase
@@ -78,14 +78,6 @@ class ZSN2NConfig(MethodConfigBase):
     """Channels of the two 3×3 convolutions (the notebook's chan_embed)."""
     seed: int = 0
     """Seed of the initial weights, the same for every image."""
-
-    def check_noise(self, noise: NoiseModel) -> None:
-        if noise.kind == "impulse":
-            raise ConfigError(
-                f"zs-n2n cannot model {noise.style}: its two down-sampled views are MSE targets for "
-                "each other, which needs zero-mean noise (its paper evaluates Gaussian and Poisson); "
-                "for impulse noise use n2c, n2n or ssdn-mu"
-            )
 
 
 def pair_downsample(y: Tensor) -> tuple[Tensor, Tensor]:
@@ -147,11 +139,21 @@ class Fit:
 class ZSN2N(Method):
     """Fits a fresh ZSN2NNet to every image it denoises (no training set, nothing to train)."""
 
+    Config = ZSN2NConfig
     trainable: ClassVar[bool] = False
     config: ZSN2NConfig
 
-    def __init__(self, config: ZSN2NConfig, noise: NoiseModel):
-        super().__init__(config, noise)
+    @classmethod
+    def check(cls, config, noise, train, evaluation, data):
+        if noise.kind == "impulse":
+            raise NoiseNotSupported(
+                f"zs-n2n cannot model {noise.style}: its two down-sampled views are MSE targets for "
+                "each other, which needs zero-mean noise (its paper evaluates Gaussian and Poisson); "
+                "for impulse noise use n2c, n2n, ssdn-mu or ssdn (RGB)"
+            )
+
+    def __init__(self, config: ZSN2NConfig, noise: NoiseModel, channels: int = 3):
+        super().__init__(config, noise, channels)
         self.fits: list[Fit] = []
 
     def build_model(self, rng=None) -> None:

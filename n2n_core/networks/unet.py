@@ -176,10 +176,15 @@ def make_head(widths: Sequence[int], n_out: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def check_image_batch(x: Tensor, net: str) -> None:
-    """Raise ValueError unless x is (N, C, H, W) with H and W multiples of 32."""
+def check_image_batch(x: Tensor, net: str, channels: int | None = None) -> None:
+    """Raise ValueError unless x is (N, C, H, W) with H and W multiples of 32 (and C = channels)."""
     if x.dim() != 4:
         raise ValueError(f"{net} expects a (N, C, H, W) batch, got shape {tuple(x.shape)}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(
+            f"{net} was built for {channels}-channel images but got {x.shape[1]} channels; "
+            "the data's channel count (data.channels) must be the one the network was trained on"
+        )
     height, width = x.shape[-2:]
     if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
         raise ValueError(
@@ -225,9 +230,10 @@ class UNet(nn.Module):
     """The U-Net of METHODS.md §3: (N, in_channels, H, W) → (N, n_out, H, W), 32 divides H and W.
 
     Args:
-        n_out: output channels (3 for N2C/N2N/N2V, 9 for SSDN full covariance, 1 for noise level).
+        n_out: output channels (C for N2C/N2N/N2V, 9 for SSDN full covariance, 1 for noise level).
         zero_init_last: zero the last layer's weights and bias (the noise-level network's rule).
-        in_channels: image channels.
+        in_channels: image channels C (3 RGB, 1 greyscale); the last decoder stage concatenates the
+            input image, so it reads 96 + C channels (96 with top_skip=False).
         rng: generator for the He-normal init; None uses torch's default generator.
         pool: "max" (METHODS.md §3) or "blur" (N2V2's MaxBlurPool, `max_blur_pool2x2`).
         top_skip: concatenate the input image before conv1a (§3); False for N2V2.
@@ -246,12 +252,13 @@ class UNet(nn.Module):
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"UNet pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        self.in_channels = in_channels
         self.body = UNetBody(in_channels, conv3x3_same, POOLS[pool], top_skip=top_skip)
         self.head = make_head([DEC_CH, DEC_CH, DEC_CH], n_out)
         init_network_(self, self.head[-1], zero_init_last, rng)
         self.to(memory_format=CHANNELS_LAST)  # weights in the layout the convs run in (see top)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_image_batch(x, "UNet")
+        check_image_batch(x, "UNet", self.in_channels)
         out = self.head(self.body(x.contiguous(memory_format=CHANNELS_LAST)))
         return out.contiguous(memory_format=caller_layout(x))  # (N, n_out, H, W)
