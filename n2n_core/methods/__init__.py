@@ -16,8 +16,10 @@ from .course import Course
 from .n2c import N2C
 from .n2n import N2N
 from .n2v import N2V
+from .n2v2 import N2V2
 from .noisy import Noisy
 from .ssdn import SSDN, SSDNMu
+from .zs_n2n import ZSN2N
 
 METHODS: dict[str, type[Method]] = {
     "noisy": Noisy,
@@ -26,6 +28,8 @@ METHODS: dict[str, type[Method]] = {
     "n2v": N2V,
     "ssdn": SSDN,
     "ssdn-mu": SSDNMu,
+    "n2v2": N2V2,
+    "zs-n2n": ZSN2N,
     "cbm3d": CBM3D,
     "course": Course,
 }
