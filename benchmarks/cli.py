@@ -30,7 +30,7 @@ def _valid_keys(loc: tuple) -> list[str]:
     section = loc[0] if len(loc) > 1 else None
     field = ExperimentConfig.model_fields.get(section) if section else None
     if section == "method":
-        models = [cfg for cfg, _ in METHODS.values()]
+        models = [cls.Config for cls in METHODS.values()]
     elif field is not None and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
         models = [field.annotation]
     else:
@@ -117,7 +117,7 @@ def train(
     profile: str = typer.Option("quick", help="smoke, quick, reproduction or paper"),
     overrides: list[str] = typer.Option([], "--set", help="section.key=value, e.g. train.lr=1e-4"),
     seed: Optional[int] = typer.Option(None, help="training seed (default: the profile's, 0)"),
-    out: Optional[Path] = typer.Option(None, help="run folder (default runs/<method>-<noise>-<profile>-<hash>)"),
+    out: Optional[Path] = typer.Option(None, help="run folder (default runs/<variant>-<noise>-<profile>-<hash>)"),
     data_dir: Optional[Path] = typer.Option(None, help="data directory (default $N2N_DATA)"),
     json_out: bool = typer.Option(False, "--json", help="last stdout line: one JSON object"),
     nproc: int = typer.Option(1, min=1, help="data-parallel processes (torchrun; one per GPU on CUDA)"),
@@ -127,12 +127,13 @@ def train(
     With --nproc N (or when started by `torchrun --nproc_per_node N -m benchmarks.cli train`), each
     global minibatch is split across N processes and their gradients averaged (DDP).
     """
-    from benchmarks.experiment import compose_config, run_dir
-    from benchmarks.experiment import train as train_run
+    from benchmarks.compose import compose_config, run_dir, variant_name
+    from benchmarks.mlflow_tracker import PROJECT_ROOT
+    from benchmarks.training import train as train_run
     from n2n_core.train import distributed
 
     cfg = compose_config(profile, method, noise, overrides, seed=seed)
-    out_dir = out if out is not None else run_dir(cfg)
+    out_dir = out if out is not None else run_dir(variant_name(method), cfg, PROJECT_ROOT / "runs")
     if nproc > 1 and distributed.env_world_size() == 1:
         distributed.check_divisible(cfg.train.batch_size, cfg.train.budget_images, nproc)
         argv = ["--method", method, "--noise", noise, "--profile", profile, "--out", str(out_dir),
@@ -158,30 +159,43 @@ def train(
 @app.command()
 @friendly_errors
 def grid(
-    noise: str = typer.Option(..., help="noise style, e.g. gaussian25"),
+    noise: Optional[str] = typer.Option(None, help="noise style, e.g. gaussian25 (with --table paper: all when omitted)"),
     profile: Optional[str] = typer.Option(None, help="smoke, quick, reproduction, paper (default: quick on CPU)"),
-    methods: Optional[str] = typer.Option(None, help="comma-separated subset of the grid's variants"),
+    methods: Optional[str] = typer.Option(None, help="comma-separated subset of the grid's variants, or path/to/m.py:Class"),
+    table: str = typer.Option("default", help="default (grid.toml's variants) or paper (the released experiment list)"),
     overrides: list[str] = typer.Option([], "--set", help="section.key=value for every job"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"),
     data_dir: Optional[Path] = typer.Option(None, help="data directory (default $N2N_DATA)"),
     report: bool = typer.Option(True, help="rebuild results/ from MLflow afterwards"),
     out: Path = typer.Option(Path("results"), help="report folder"),
     runs_dir: Optional[Path] = typer.Option(None, help="checkpoints and per-job files (default runs/)"),
-    executor: str = typer.Option("local", help="local (one job after another here) or ray (a task per job)"),
+    executor: str = typer.Option("local", help="local (jobs on this machine) or ray (a task per job)"),
+    jobs: int = typer.Option(1, min=1, help="local: jobs at once, each with cores/jobs threads"),
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join, e.g. HEAD:6379 (default: a local Ray)"),
     ray_cpus: float = typer.Option(1, min=0.01, help="CPUs per Ray task where the cluster has no GPU (else 1 GPU)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print one line per job (and whether it is finished); train nothing"),
+    json_out: bool = typer.Option(False, "--json", help="with --dry-run: one JSON object per line"),
 ) -> None:
     """Train and score every method variant valid for a noise style; log every run to MLflow."""
-    from benchmarks.grid import default_profile, run_grid
+    from benchmarks.grid import default_profile, make_executor, plan, run_grid, select_jobs
 
     profile = profile or default_profile()
     chosen = [m.strip() for m in methods.split(",")] if methods else None
+    if dry_run:
+        jobs, left_out = select_jobs(noise, profile, chosen, overrides, table)
+        for line in plan(jobs, tracking_uri):
+            typer.echo(json.dumps(line) if json_out else
+                       f"{line['variant']:<26} {line['noise']:<13} {line['budget_images']:>10,} images  "
+                       f"{line['channels']} ch  {'finished' if line['finished'] else 'to run'}")
+        for name, why in left_out.items():
+            typer.echo(f"not applicable: {name} ({why})", err=True)
+        return
+    run_on = make_executor(executor, tracking_uri, ray_address, ray_cpus, jobs)  # checked before any write
     outcome = run_grid(noise, profile, chosen, overrides, tracking_uri, runs_root=runs_dir,
-                       data_dir=_data_dir(data_dir), executor=executor, ray_address=ray_address,
-                       ray_cpus=ray_cpus)
+                       data_dir=_data_dir(data_dir), executor=run_on, table=table)
     for name, why in outcome.not_applicable.items():
         typer.echo(f"not applicable: {name} ({why})", err=True)
-    typer.echo(f"grid {noise} {profile}: {len(outcome.ran)} ran, {len(outcome.skipped)} already finished, "
+    typer.echo(f"grid {noise or table} {profile}: {len(outcome.ran)} ran, {len(outcome.skipped)} already finished, "
                f"{len(outcome.failed)} failed", err=True)
     for name, why in outcome.failed.items():  # before the report, which may fail on its own
         typer.echo(f"FAILED {name}: {why}", err=True)
@@ -197,34 +211,36 @@ def grid(
 @app.command()
 @friendly_errors
 def sweep(
-    network: str = typer.Option(..., help="course network: strided, residual, bn_dropout, prelu, scratch, scratch_torch"),
+    method: str = typer.Option(..., help="method variant, e.g. course-bn-dropout"),
     noise: str = typer.Option(..., help="noise style, e.g. gaussian25"),
+    axes: list[str] = typer.Option(..., "--axis", help="section.key=v1,v2,... (repeat: the cells are the product)"),
     profile: str = typer.Option("quick", help="smoke, quick, reproduction or paper"),
-    batch: str = typer.Option("4,16,32", help="comma-separated batch sizes"),
-    loss: str = typer.Option("l1,l2", help="comma-separated losses (l1, l2)"),
-    lr: str = typer.Option("1e-4,1e-3", help="comma-separated learning rates"),
-    target: str = typer.Option("n2n", help="n2n or n2c"),
-    overrides: list[str] = typer.Option([], "--set", help="section.key=value for every cell"),
+    overrides: list[str] = typer.Option([], "--set", help="section.key=value for every cell (an axis wins)"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"),
     data_dir: Optional[Path] = typer.Option(None, help="data directory (default $N2N_DATA)"),
-    out: Path = typer.Option(Path("results"), help="folder for the table and the heatmap"),
+    out: Path = typer.Option(Path("results"), help="folder for the table and the figure"),
     runs_dir: Optional[Path] = typer.Option(None, help="checkpoints and per-cell files (default runs/)"),
 ) -> None:
-    """Batch size × loss × learning rate for one 32×32 course network; every cell is a run."""
-    from benchmarks.sweep import parse_list, run_sweep
+    """Train one variant on every cell of the product of the axes; every cell is a run.
 
-    outcome = run_sweep(network, noise, profile, parse_list(batch, int, "batch"), parse_list(loss, str, "loss"),
-                        parse_list(lr, float, "lr"), target, overrides, tracking_uri, runs_root=runs_dir,
-                        data_dir=_data_dir(data_dir), out=out, progress=sys.stderr.isatty())
+    Rows are the first axis's values, columns the second's, one block per value of the others.
+    Report B's grid: --method course-bn-dropout --axis train.batch_size=32,64,128
+    --axis train.lr=1e-4,1e-3,2e-3 --axis method.loss=l1,l2
+    """
+    from benchmarks.sweep import best_cell, parse_axis, run_sweep
+
+    outcome = run_sweep(method, noise, profile, [parse_axis(a) for a in axes], overrides, tracking_uri,
+                        runs_root=runs_dir, data_dir=_data_dir(data_dir), out=out, progress=sys.stderr.isatty())
     for path in outcome.written:
         typer.echo(f"wrote {path}", err=True)
+    if outcome.note:
+        typer.echo(outcome.note, err=True)
     if not outcome.table.empty:
-        best = outcome.table.loc[outcome.table.psnr.idxmax()]
-        typer.echo(f"sweep {network}: {len(outcome.table)} cells; best {best.psnr:.2f} dB at batch "
-                   f"{best.batch}, {best.loss}, lr {best.lr:g}")
+        best = best_cell(outcome.table, outcome.keys)
+        typer.echo(f"sweep {method}: {len(outcome.table)} cells" + (f"; best {best}" if best else ""))
+    for name, why in outcome.failed.items():
+        typer.echo(f"FAILED {name}: {why}", err=True)
     if outcome.failed:
-        for name, why in outcome.failed.items():
-            typer.echo(f"FAILED {name}: {why}", err=True)
         raise typer.Exit(1)
 
 

@@ -14,11 +14,11 @@ Where the paper is silent, the authors' released code decides (TaoHuang2018/Neig
 * Sub-sampler: per 2×2 cell (positions 0 1 / 2 3) one of the 8 ordered pairs of horizontally or
   vertically adjacent positions, uniformly ([[0,1],[0,2],[1,3],[2,3],[1,0],[2,0],[3,1],[3,2]]; never
   a diagonal pair, never the same pixel twice), drawn independently per image and cell and shared
-  by the three channels. Drawn here from the step's `rngs.method`.
+  by the channels; drawn from `step.method`.
 * γ: the code sets γ = epoch / n_epoch · increase_ratio (increase_ratio 2, the README's and the
   training script's value; epochs 1..100), a linear ramp to 2. The harness counts its budget in
-  images and has no epochs, so γ = gamma · (images trained on / budget), continuous, from 0 to
-  `gamma` (see step_clock.py for how the step reaches the method).
+  images and has no epochs, so γ = gamma · (images trained on / budget) (`Step.progress`),
+  continuous, from 0 to `gamma`; the pair carries its step's γ to the loss.
 * Both terms are means over the sub-image's entries (torch.mean), weights Lambda1 = Lambda2 = 1.
 * f(y) for the regulariser is the network in training mode under no_grad, as in the code.
 
@@ -40,12 +40,10 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, NoiseNotSupported
 from ..networks import UNet
 from ..networks.unet import SIZE_MULTIPLE
-from ..noise import NoiseModel
-from .base import LossOutput, MethodConfigBase, TrainingPair
-from .step_clock import SteppedMethod
+from .base import LossOutput, Method, MethodConfigBase, TrainingPair
 
 # The 8 ordered pairs (first, second) of 4-adjacent positions in a 2×2 cell whose positions are
 # numbered 0 1 / 2 3 (row-major), in the authors' order.
@@ -57,19 +55,14 @@ class Neighbor2NeighborConfig(MethodConfigBase):
     gamma: float = Field(2.0, ge=0)
     """Final weight of the regulariser; γ ramps linearly from 0 to it over the budget (authors: 2)."""
 
-    def check_noise(self, noise: NoiseModel) -> None:
-        if noise.kind == "impulse":
-            raise ConfigError(
-                f"ne2ne is not run on impulse noise ({noise.style}) by its paper, and its L2 target "
-                "would learn the impulse-biased mean; for impulse noise use n2c, n2n, ssdn or ssdn-mu"
-            )
-
 
 @dataclass(frozen=True)
 class Neighbor2NeighborPair(TrainingPair):
-    """inputs = targets = the noisy crop y; `cells` (N, H/2, W/2): index into NEIGHBOUR_PAIRS."""
+    """inputs = targets = the noisy crop y; `cells` (N, H/2, W/2): index into NEIGHBOUR_PAIRS;
+    `gamma`: the regulariser's weight at this pair's step."""
 
     cells: Tensor | None = None
+    gamma: float = 0.0
 
 
 def draw_cells(n: int, height: int, width: int, rng: torch.Generator, device) -> Tensor:
@@ -124,21 +117,32 @@ def unet_on(model: nn.Module, x: Tensor) -> Tensor:
     return model(pad_to_multiple(x))[..., :h, :w]
 
 
-class Neighbor2Neighbor(SteppedMethod):
+class Neighbor2Neighbor(Method):
     """The U-Net learns one neighbour sub-image from the other; it denoises whole images."""
 
-    def gamma(self) -> float:
-        """The regulariser's weight now: gamma · (images trained on / budget)."""
-        return self.config.gamma * self.clock.progress()
+    Config = Neighbor2NeighborConfig
+
+    @classmethod
+    def check(cls, config, noise, train, evaluation, data):
+        if noise.kind == "impulse":
+            raise NoiseNotSupported(
+                f"ne2ne cannot model {noise.style}: its paper runs Gaussian and Poisson noise, and its "
+                "L2 target has mean (1-α)x + α/2 under impulse noise (METHODS.md §5b); for impulse "
+                "noise use n2c, n2n, ssdn-mu or ssdn (RGB)"
+            )
+        if train.patch_size % 2:
+            raise ConfigError(f"ne2ne sub-samples 2×2 cells: train.patch_size must be even, got "
+                              f"{train.patch_size}")
 
     def build_model(self, rng):
-        return UNet(n_out=3, rng=rng)
+        return UNet(n_out=self.channels, in_channels=self.channels, rng=rng)
 
-    def training_pair(self, clean, rngs):
-        noisy = self.noise.sample(clean, rngs.noise).noisy
+    def training_pair(self, clean, step):
+        noisy = self.noise.sample(clean, step.noise).noisy
         n, _, h, w = noisy.shape
-        cells = draw_cells(n, h, w, rngs.method, noisy.device)
-        return Neighbor2NeighborPair(inputs=noisy, targets=noisy, cells=cells)
+        cells = draw_cells(n, h, w, step.method, noisy.device)
+        return Neighbor2NeighborPair(inputs=noisy, targets=noisy, cells=cells,
+                                     gamma=self.config.gamma * step.progress)
 
     def loss(self, model, pair: Neighbor2NeighborPair):
         noisy = pair.inputs
@@ -146,7 +150,7 @@ class Neighbor2Neighbor(SteppedMethod):
         with torch.no_grad():
             full = model(noisy)
         output = unet_on(model, subsample(noisy, first))
-        gamma = self.gamma()
+        gamma = pair.gamma
         total, reconstruction, regulariser = regularised_loss(
             output, subsample(noisy, second), subsample(full, first), subsample(full, second), gamma)
         logs = {"reconstruction": reconstruction.detach(), "regulariser": regulariser.detach(),

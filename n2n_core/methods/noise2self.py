@@ -13,8 +13,8 @@ Where the paper is silent, the authors' released code decides (czbiohub-sf/noise
 * Grid width 4 and mode 'interpolate' (both notebooks: `Masker(width=4, mode='interpolate')`;
   the class's own defaults are width 3 and mode 'zero'). `grid_width` is an option.
 * Phase at step i: row phase i mod w, column phase (i div w) mod w (`Masker.mask(X, i)`), so the
-  w² grids are visited in turn; i is the training loop's batch index, here the updates applied so
-  far (step_clock.py). One grid for every image and channel of the batch.
+  w² grids are visited in turn; i is the training loop's batch index, here `Step.index`. One grid
+  for every image and channel of the batch.
 * Interpolation: the kernel [[0.5, 1, 0.5], [1, 0, 1], [0.5, 1, 0.5]] / 6 with zero padding (a
   masked pixel on the border averages in zeros, as in the code); the code convolves a
   one-channel image, here each colour channel is filtered on its own.
@@ -36,11 +36,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import NoiseNotSupported
 from ..networks import UNet
-from ..noise import NoiseModel
-from .base import LossOutput, MethodConfigBase, TrainingPair
-from .step_clock import SteppedMethod
+from .base import LossOutput, Method, MethodConfigBase, TrainingPair
 
 # Weights of the 8 neighbours (centre 0), normalised to sum 1: the authors' interpolation kernel.
 _RING = torch.tensor([[0.5, 1.0, 0.5], [1.0, 0.0, 1.0], [0.5, 1.0, 0.5]], dtype=torch.float64)
@@ -54,13 +52,6 @@ class Noise2SelfConfig(MethodConfigBase):
     neighbour of a masked pixel unmasked."""
     inference: Literal["single_pass", "j_invariant"] = "single_pass"
     """f(y) on the whole image, or the w²-pass J-invariant reconstruction (Masker.infer_full_image)."""
-
-    def check_noise(self, noise: NoiseModel) -> None:
-        if noise.kind == "impulse":
-            raise ConfigError(
-                f"n2self is not run on impulse noise ({noise.style}) by its paper, and its L2 target "
-                "would learn the impulse-biased mean; for impulse noise use n2c, n2n, ssdn or ssdn-mu"
-            )
 
 
 def grid_phase(step: int, width: int) -> tuple[int, int]:
@@ -89,15 +80,26 @@ def masked_loss(output: Tensor, noisy: Tensor, mask: Tensor) -> Tensor:
     return ((output - noisy) * mask).square().mean()
 
 
-class Noise2Self(SteppedMethod):
+class Noise2Self(Method):
     """The U-Net sees the grid-masked crop; its loss is taken on the masked grid only."""
 
-    def build_model(self, rng):
-        return UNet(n_out=3, rng=rng)
+    Config = Noise2SelfConfig
 
-    def training_pair(self, clean, rngs):
-        noisy = self.noise.sample(clean, rngs.noise).noisy
-        phase = grid_phase(self.clock.steps_taken(), self.config.grid_width)
+    @classmethod
+    def check(cls, config, noise, train, evaluation, data):
+        if noise.kind == "impulse":
+            raise NoiseNotSupported(
+                f"n2self cannot model {noise.style}: its paper does not run impulse noise, and its L2 "
+                "target, the noisy input, has mean (1-α)x + α/2 there (METHODS.md §5b); for impulse "
+                "noise use n2c, n2n, ssdn-mu or ssdn (RGB)"
+            )
+
+    def build_model(self, rng):
+        return UNet(n_out=self.channels, in_channels=self.channels, rng=rng)
+
+    def training_pair(self, clean, step):
+        noisy = self.noise.sample(clean, step.noise).noisy
+        phase = grid_phase(step.index, self.config.grid_width)
         mask = grid_mask(*noisy.shape[-2:], self.config.grid_width, phase, noisy.device, noisy.dtype)
         mask = mask.expand_as(noisy)  # a view: batch first, so a torchrun job can split it
         return TrainingPair(inputs=interpolate_masked(noisy, mask), targets=noisy, mask=mask)

@@ -36,9 +36,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import NoiseNotSupported
 from ..networks import UNet
-from ..noise import NoiseModel
 from ..seeding import derive_seed, make_generator
 from .base import LossOutput, Method, MethodConfigBase, TrainingPair
 
@@ -51,15 +50,6 @@ class R2RConfig(MethodConfigBase):
     """D = α·I: input y + α·z, target y − z/α (paper and code: 0.5)."""
     inference_samples: int = Field(50, ge=1)
     """Recorrupted passes averaged at inference (code: 50)."""
-
-    def check_noise(self, noise: NoiseModel) -> None:
-        if noise.kind != "gaussian":
-            others = ("n2c, n2n, ssdn or ssdn-mu" if noise.kind == "impulse"
-                      else "n2n, n2v, ssdn, ne2ne or n2self")
-            raise ConfigError(
-                f"r2r recorrupts with Gaussian noise of known σ, so it models gaussian* styles "
-                f"only, not {noise.style}; for {noise.kind} noise use {others}"
-            )
 
 
 def recorrupt(noisy: Tensor, sigma: Tensor, alpha: float, rng: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -77,12 +67,24 @@ def recorrupted_noise_moments(sigma: float, alpha: float) -> tuple[float, float,
 class R2R(Method):
     """The U-Net learns one recorruption of y from another; it denoises by averaging K passes."""
 
-    def build_model(self, rng):
-        return UNet(n_out=3, rng=rng)
+    Config = R2RConfig
 
-    def training_pair(self, clean, rngs):
-        drawn = self.noise.sample(clean, rngs.noise)
-        inputs, targets = recorrupt(drawn.noisy, drawn.level, self.config.alpha, rngs.noise)
+    @classmethod
+    def check(cls, config, noise, train, evaluation, data):
+        if noise.kind != "gaussian":
+            others = ("n2c, n2n, ssdn-mu or ssdn (RGB)" if noise.kind == "impulse"
+                      else "n2n, n2v, ssdn, ne2ne or n2self")
+            raise NoiseNotSupported(
+                f"r2r cannot model {noise.style}: it recorrupts with Gaussian noise of known σ, so "
+                f"it runs gaussian* styles only; for {noise.kind} noise use {others}"
+            )
+
+    def build_model(self, rng):
+        return UNet(n_out=self.channels, in_channels=self.channels, rng=rng)
+
+    def training_pair(self, clean, step):
+        drawn = self.noise.sample(clean, step.noise)
+        inputs, targets = recorrupt(drawn.noisy, drawn.level, self.config.alpha, step.noise)
         return TrainingPair(inputs=inputs, targets=targets, level=drawn.level)
 
     def loss(self, model, pair):
