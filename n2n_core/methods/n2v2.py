@@ -32,9 +32,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..errors import NoiseNotSupported
 from ..networks import UNet
-from .base import MethodConfigBase, TrainingPair
+from .base import MethodConfigBase, TrainingPair, refuse_impulse
 from .n2v import N2V
 from .n2v_masking import n2v_median_mask
 
@@ -56,12 +55,8 @@ class N2V2(N2V):
 
     @classmethod
     def check(cls, config, noise, train, evaluation, data):
-        if noise.kind == "impulse":
-            raise NoiseNotSupported(
-                f"n2v2 cannot model {noise.style}: its L2 target, the noisy input itself, has mean "
-                "(1-α)x + α/2 under impulse noise (METHODS.md §5b); for impulse noise use n2c, n2n, "
-                "ssdn-mu or ssdn (RGB)"
-            )
+        refuse_impulse("n2v2", noise, "its L2 target, the noisy input itself, has mean (1-α)x + α/2 under "
+                       "impulse noise (METHODS.md §5b)")
 
     def build_model(self, rng):
         return UNet(n_out=self.channels, in_channels=self.channels, rng=rng, pool="blur", top_skip=False)

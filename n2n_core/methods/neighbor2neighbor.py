@@ -40,10 +40,10 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from ..errors import ConfigError, NoiseNotSupported
+from ..errors import ConfigError
 from ..networks import UNet
 from ..networks.unet import SIZE_MULTIPLE
-from .base import LossOutput, Method, MethodConfigBase, TrainingPair
+from .base import LossOutput, Method, MethodConfigBase, TrainingPair, refuse_impulse
 
 # The 8 ordered pairs (first, second) of 4-adjacent positions in a 2×2 cell whose positions are
 # numbered 0 1 / 2 3 (row-major), in the authors' order.
@@ -124,12 +124,8 @@ class Neighbor2Neighbor(Method):
 
     @classmethod
     def check(cls, config, noise, train, evaluation, data):
-        if noise.kind == "impulse":
-            raise NoiseNotSupported(
-                f"ne2ne cannot model {noise.style}: its paper runs Gaussian and Poisson noise, and its "
-                "L2 target has mean (1-α)x + α/2 under impulse noise (METHODS.md §5b); for impulse "
-                "noise use n2c, n2n, ssdn-mu or ssdn (RGB)"
-            )
+        refuse_impulse("ne2ne", noise, "its paper runs Gaussian and Poisson noise, and its L2 target has mean "
+                       "(1-α)x + α/2 under impulse noise (METHODS.md §5b)")
         if train.patch_size % 2:
             raise ConfigError(f"ne2ne sub-samples 2×2 cells: train.patch_size must be even, got "
                               f"{train.patch_size}")

@@ -36,9 +36,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from ..errors import NoiseNotSupported
 from ..networks import UNet
-from .base import LossOutput, Method, MethodConfigBase, TrainingPair
+from .base import LossOutput, Method, MethodConfigBase, TrainingPair, refuse_impulse
 
 # Weights of the 8 neighbours (centre 0), normalised to sum 1: the authors' interpolation kernel.
 _RING = torch.tensor([[0.5, 1.0, 0.5], [1.0, 0.0, 1.0], [0.5, 1.0, 0.5]], dtype=torch.float64)
@@ -87,12 +86,8 @@ class Noise2Self(Method):
 
     @classmethod
     def check(cls, config, noise, train, evaluation, data):
-        if noise.kind == "impulse":
-            raise NoiseNotSupported(
-                f"n2self cannot model {noise.style}: its paper does not run impulse noise, and its L2 "
-                "target, the noisy input, has mean (1-α)x + α/2 there (METHODS.md §5b); for impulse "
-                "noise use n2c, n2n, ssdn-mu or ssdn (RGB)"
-            )
+        refuse_impulse("n2self", noise, "its paper does not run impulse noise, and its L2 target, the noisy "
+                       "input, has mean (1-α)x + α/2 there (METHODS.md §5b)")
 
     def build_model(self, rng):
         return UNet(n_out=self.channels, in_channels=self.channels, rng=rng)

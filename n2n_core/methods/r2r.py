@@ -39,7 +39,7 @@ from torch import Tensor
 from ..errors import NoiseNotSupported
 from ..networks import UNet
 from ..seeding import derive_seed, make_generator
-from .base import LossOutput, Method, MethodConfigBase, TrainingPair
+from .base import IMPULSE_MODELS, LossOutput, Method, MethodConfigBase, TrainingPair
 
 INFERENCE_SEED = derive_seed("r2r", "inference")
 
@@ -72,7 +72,7 @@ class R2R(Method):
     @classmethod
     def check(cls, config, noise, train, evaluation, data):
         if noise.kind != "gaussian":
-            others = ("n2c, n2n, ssdn-mu or ssdn (RGB)" if noise.kind == "impulse"
+            others = (IMPULSE_MODELS if noise.kind == "impulse"
                       else "n2n, n2v, ssdn, ne2ne or n2self")
             raise NoiseNotSupported(
                 f"r2r cannot model {noise.style}: it recorrupts with Gaussian noise of known σ, so "

@@ -57,10 +57,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from ..errors import NoiseNotSupported
 from ..noise import NoiseModel, NoisyBatch
 from ..seeding import derive_seed, make_generator
-from .base import Method, MethodConfigBase
+from .base import Method, MethodConfigBase, refuse_impulse
 
 LRELU_SLOPE = 0.2  # the notebook's LeakyReLU slope (not §3's 0.1)
 
@@ -145,12 +144,8 @@ class ZSN2N(Method):
 
     @classmethod
     def check(cls, config, noise, train, evaluation, data):
-        if noise.kind == "impulse":
-            raise NoiseNotSupported(
-                f"zs-n2n cannot model {noise.style}: its two down-sampled views are MSE targets for "
-                "each other, which needs zero-mean noise (its paper evaluates Gaussian and Poisson); "
-                "for impulse noise use n2c, n2n, ssdn-mu or ssdn (RGB)"
-            )
+        refuse_impulse("zs-n2n", noise, "its two down-sampled views are MSE targets for each other, which "
+                       "needs zero-mean noise (its paper evaluates Gaussian and Poisson)")
 
     def __init__(self, config: ZSN2NConfig, noise: NoiseModel, channels: int = 3):
         super().__init__(config, noise, channels)
