@@ -73,7 +73,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, tracker: Tracker | None = None,
                         cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / "checkpoint.pt"
-    config_file, config_text = out_dir / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2)
+    config_file, config_text = out_dir / "config.json", json.dumps(cfg.identity_dump(), indent=2)
     # a folder holding a checkpoint may belong to another run (fit() refuses it): its config.json
     # is only rewritten once fit() has accepted the checkpoint as this run's
     fresh = not (checkpoint.exists() or checkpoint.with_name(checkpoint.name + ".prev").exists())
