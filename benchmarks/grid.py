@@ -57,9 +57,12 @@ def expand(noise: str, profile: str, methods: list[str] | None = None,
     variable = parse_style(noise).variable
     jobs, left_out = [], {}
     for name, rule in variants.items():
-        levels = rule.get("levels")
+        levels, profiles = rule.get("levels"), rule.get("profiles")
         if levels and (levels == "variable") != variable:
             left_out[name] = f"paired with {levels}-level styles only"
+            continue
+        if profiles and profile not in profiles and not (methods and name in methods):
+            left_out[name] = f"run in the {', '.join(profiles)} profiles only (grid.toml; ask for it with --methods)"
             continue
         try:
             jobs.append(Job(variant_name(name), compose_config(profile, name, noise, overrides)))
