@@ -79,7 +79,7 @@ def run_sweep(network: str, noise: str, profile: str, batches: list[int], losses
         score = f"psnr_{cfg.eval.sets[0]}"
         # the grid's own skip / resume / mark-FAILED logic; one broken cell does not sink the sweep
         status, why = attempt_job(client, experiment_id, parent.info.run_id, job, runs_root, data_dir, progress)
-        if status == "failed":
+        if status in ("failed", "busy"):  # busy: another live process runs this cell now
             failed[job.variant] = why
             continue
         run = finished_run(client, experiment_id, cfg.config_hash())
