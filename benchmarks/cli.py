@@ -36,7 +36,7 @@ def _valid_keys(loc: tuple) -> list[str]:
     section = loc[0] if len(loc) > 1 else None
     field = ExperimentConfig.model_fields.get(section) if section else None
     if section == "method":
-        models = [cfg for cfg, _ in METHODS.values()]
+        models = [cls.Config for cls in METHODS.values()]
     elif field is not None and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
         models = [field.annotation]
     else:
@@ -177,7 +177,7 @@ def train(
     profile: str = typer.Option("quick", help="smoke, quick, reproduction or paper"),
     overrides: list[str] = typer.Option([], "--set", help="section.key=value, e.g. train.lr=1e-4"),
     seed: Optional[int] = typer.Option(None, help="training seed (default: the profile's, 0)"),
-    out: Optional[Path] = typer.Option(None, help="run folder (default runs/<method>-<noise>-<profile>-<hash> of the project)"),
+    out: Optional[Path] = typer.Option(None, help="run folder (default runs/<variant>-<noise>-<profile>-<hash> of the project)"),
     data_dir: Optional[Path] = typer.Option(None, help="data directory (default $N2N_DATA)"),
     json_out: bool = typer.Option(False, "--json", help="last stdout line: one JSON object"),
     nproc: int = typer.Option(1, min=1, help="data-parallel processes (torchrun; one per GPU on CUDA)"),
@@ -188,16 +188,17 @@ def train(
     global minibatch is split across N processes and their gradients averaged (DDP).
     """
     from benchmarks import paths
-    from benchmarks.experiment import compose_config, run_dir
-    from benchmarks.experiment import train as train_run
-    from benchmarks.grid import interruption_note, resume_note
+    from benchmarks.compose import compose_config, run_dir, variant_name
+    from benchmarks.jobs import interruption_note, resume_note
+    from benchmarks.training import train as train_run
     from n2n_core.config import check_training_memory
     from n2n_core.device import resolve_device
     from n2n_core.train import distributed
     from n2n_core.train.checkpoint import run_folder_lock
 
     cfg = compose_config(profile, method, noise, overrides, seed=seed)
-    out_dir = writable_folder(out if out is not None else run_dir(cfg, paths.runs_root()), "--out")
+    out_dir = writable_folder(out if out is not None else run_dir(variant_name(method), cfg, paths.runs_root()),
+                              "--out")
     check_training_memory(cfg.train, resolve_device(cfg.train.device))
     if nproc > 1 and distributed.env_world_size() == 1:
         distributed.check_divisible(cfg.train.batch_size, cfg.train.budget_images, nproc)
@@ -241,33 +242,46 @@ def _no_lock():
 @app.command()
 @friendly_errors
 def grid(
-    noise: str = typer.Option(..., help="noise style, e.g. gaussian25"),
+    noise: Optional[str] = typer.Option(None, help="noise style, e.g. gaussian25 (with --table paper: all when omitted)"),
     profile: Optional[str] = typer.Option(None, help="smoke, quick, reproduction, paper (default: quick on CPU)"),
-    methods: Optional[str] = typer.Option(None, help="comma-separated subset of the grid's variants"),
+    methods: Optional[str] = typer.Option(None, help="comma-separated subset of the grid's variants, or path/to/m.py:Class"),
+    table: str = typer.Option("default", help="default (grid.toml's variants) or paper (the released experiment list)"),
     overrides: list[str] = typer.Option([], "--set", help="section.key=value for every job"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default $MLFLOW_TRACKING_URI, else mlflow.db of the project)"),
     data_dir: Optional[Path] = typer.Option(None, help="data directory (default $N2N_DATA)"),
     report: bool = typer.Option(True, help="rebuild results/ from MLflow afterwards"),
     out: Optional[Path] = typer.Option(None, help="report folder (default results/ of the project)"),
     runs_dir: Optional[Path] = typer.Option(None, help="checkpoints and per-job files (default runs/ of the project)"),
-    executor: str = typer.Option("local", help="local (one job after another here) or ray (a task per job)"),
+    executor: str = typer.Option("local", help="local (jobs on this machine) or ray (a task per job)"),
+    jobs: int = typer.Option(1, min=1, help="local: jobs at once, each with cores/jobs threads"),
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join, e.g. HEAD:6379 (default: a local Ray)"),
     ray_cpus: float = typer.Option(1, min=0.01, help="CPUs per Ray task where the cluster has no GPU (else 1 GPU)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print one line per job (and whether it is finished); train nothing"),
+    json_out: bool = typer.Option(False, "--json", help="with --dry-run: one JSON object per line"),
 ) -> None:
     """Train and score every method variant valid for a noise style; log every run to MLflow."""
     from benchmarks import paths
-    from benchmarks.grid import default_profile, run_grid
+    from benchmarks.grid import default_profile, make_executor, plan, run_grid, select_jobs
 
     profile = profile or default_profile()
     out = writable_folder(out or paths.results_dir(), "--out")
     runs_dir = writable_folder(runs_dir or paths.runs_root(), "--runs-dir")
     chosen = [m.strip() for m in methods.split(",")] if methods else None
+    if dry_run:
+        jobs, left_out = select_jobs(noise, profile, chosen, overrides, table)
+        for line in plan(jobs, tracking_uri):
+            typer.echo(json.dumps(line) if json_out else
+                       f"{line['variant']:<26} {line['noise']:<13} {line['budget_images']:>10,} images  "
+                       f"{line['channels']} ch  {'finished' if line['finished'] else 'to run'}")
+        for name, why in left_out.items():
+            typer.echo(f"not applicable: {name} ({why})", err=True)
+        return
+    run_on = make_executor(executor, tracking_uri, ray_address, ray_cpus, jobs)  # checked before any write
     outcome = run_grid(noise, profile, chosen, overrides, tracking_uri, runs_root=runs_dir,
-                       data_dir=_data_dir(data_dir), executor=executor, ray_address=ray_address,
-                       ray_cpus=ray_cpus)
+                       data_dir=_data_dir(data_dir), executor=run_on, table=table)
     for name, why in outcome.not_applicable.items():
         typer.echo(f"not applicable: {name} ({why})", err=True)
-    typer.echo(f"grid {noise} {profile}: {len(outcome.ran)} ran, {len(outcome.skipped)} already finished, "
+    typer.echo(f"grid {noise or table} {profile}: {len(outcome.ran)} ran, {len(outcome.skipped)} already finished, "
                f"{len(outcome.busy)} running elsewhere, {len(outcome.failed)} failed", err=True)
     for name, why in outcome.busy.items():
         typer.echo(f"running elsewhere, not run here: {name} ({why}); rerun once it is done to report it", err=True)
@@ -289,38 +303,39 @@ def grid(
 @app.command()
 @friendly_errors
 def sweep(
-    network: str = typer.Option(..., help="course network: strided, residual, bn_dropout, prelu, scratch, scratch_torch"),
+    method: str = typer.Option(..., help="method variant, e.g. course-bn-dropout"),
     noise: str = typer.Option(..., help="noise style, e.g. gaussian25"),
+    axes: list[str] = typer.Option(..., "--axis", help="section.key=v1,v2,... (repeat: the cells are the product)"),
     profile: str = typer.Option("quick", help="smoke, quick, reproduction or paper"),
-    batch: str = typer.Option("4,16,32", help="comma-separated batch sizes"),
-    loss: str = typer.Option("l1,l2", help="comma-separated losses (l1, l2)"),
-    lr: str = typer.Option("1e-4,1e-3", help="comma-separated learning rates"),
-    target: str = typer.Option("n2n", help="n2n or n2c"),
-    overrides: list[str] = typer.Option([], "--set", help="section.key=value for every cell"),
+    overrides: list[str] = typer.Option([], "--set", help="section.key=value for every cell (an axis wins)"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default $MLFLOW_TRACKING_URI, else mlflow.db of the project)"),
     data_dir: Optional[Path] = typer.Option(None, help="data directory (default $N2N_DATA)"),
-    out: Optional[Path] = typer.Option(None, help="folder for the table and the heatmap (default results/ of the project)"),
+    out: Optional[Path] = typer.Option(None, help="folder for the table and the figure (default results/ of the project)"),
     runs_dir: Optional[Path] = typer.Option(None, help="checkpoints and per-cell files (default runs/ of the project)"),
 ) -> None:
-    """Batch size × loss × learning rate for one 32×32 course network; every cell is a run."""
+    """Train one variant on every cell of the product of the axes; every cell is a run.
+
+    Rows are the first axis's values, columns the second's, one block per value of the others.
+    Report B's grid: --method course-bn-dropout --axis train.batch_size=32,64,128
+    --axis train.lr=1e-4,1e-3,2e-3 --axis method.loss=l1,l2
+    """
     from benchmarks import paths
-    from benchmarks.sweep import parse_list, run_sweep
+    from benchmarks.sweep import best_cell, parse_axis, run_sweep
 
     out = writable_folder(out or paths.results_dir(), "--out")
     runs_dir = writable_folder(runs_dir or paths.runs_root(), "--runs-dir")
-
-    outcome = run_sweep(network, noise, profile, parse_list(batch, int, "batch"), parse_list(loss, str, "loss"),
-                        parse_list(lr, float, "lr"), target, overrides, tracking_uri, runs_root=runs_dir,
-                        data_dir=_data_dir(data_dir), out=out, progress=sys.stderr.isatty())
+    outcome = run_sweep(method, noise, profile, [parse_axis(a) for a in axes], overrides, tracking_uri,
+                        runs_root=runs_dir, data_dir=_data_dir(data_dir), out=out, progress=sys.stderr.isatty())
     for path in outcome.written:
         typer.echo(f"wrote {path}", err=True)
+    if outcome.note:
+        typer.echo(outcome.note, err=True)
     if not outcome.table.empty:
-        best = outcome.table.loc[outcome.table.psnr.idxmax()]
-        typer.echo(f"sweep {network}: {len(outcome.table)} cells; best {best.psnr:.2f} dB at batch "
-                   f"{best.batch}, {best.loss}, lr {best.lr:g}")
+        best = best_cell(outcome.table, outcome.keys)
+        typer.echo(f"sweep {method}: {len(outcome.table)} cells" + (f"; best {best}" if best else ""))
+    for name, why in outcome.failed.items():
+        typer.echo(f"FAILED {name}: {why}", err=True)
     if outcome.failed:
-        for name, why in outcome.failed.items():
-            typer.echo(f"FAILED {name}: {why}", err=True)
         raise typer.Exit(1)
 
 

@@ -12,7 +12,8 @@ from n2n_core.errors import CheckpointError, ConfigError
 from n2n_core.train.checkpoint import checkpoint_progress
 from n2n_core.train.trainer import weights_are_finite
 
-from .experiment import compose_config, evaluate_model, load_trained
+from .compose import compose_config
+from .scoring import evaluate_model, load_trained
 
 
 def evaluate_command(*, noise, dataset, method, checkpoint, repeats, seed, device, data_dir: Path,
@@ -39,7 +40,7 @@ def evaluate_command(*, noise, dataset, method, checkpoint, repeats, seed, devic
         from n2n_core.methods import build_method
         from n2n_core.noise import parse_style
 
-        the_method = build_method(cfg.method, parse_style(noise))
+        the_method = build_method(cfg.method, parse_style(noise), cfg.data.channels)
         if the_method.trainable:
             raise ConfigError(f"method {method!r} must be trained first; pass --checkpoint")
         model, name = None, cfg.method.name

@@ -1,7 +1,7 @@
 """`n2n-bench grid --executor ray`: every job of the grid as one Ray task on a cluster.
 
-A task runs `grid.attempt_job`, the very function the local executor runs: skip the job when its
-configuration hash already has a FINISHED run, else train (resuming `runs/<...>/checkpoint.pt`)
+A task runs the grid's `jobs.Attempt`, the very callable the local executor runs: skip the job when
+its configuration hash already has a FINISHED run, else train (resuming `runs/<...>/checkpoint.pt`)
 and score it, marking the MLflow run FAILED on an error. The driver only submits the tasks and
 gathers ("ran" | "skipped" | "failed", why). Tasks ask for one GPU each where the cluster has
 GPUs, else `--ray-cpus` CPUs each, and are not retried (a rerun of the grid resumes the job).
@@ -15,14 +15,14 @@ project installed in the Python environment Ray runs its workers with. Ray is th
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlparse
 
 from n2n_core.errors import N2NError, first_line
 
-from .grid import Job
+from .jobs import Attempt, Job
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0", ""}
 FORWARDED_ENV = ("N2N_", "MLFLOW_")  # data locations and tracking credentials reach the workers
@@ -92,43 +92,31 @@ def connect(tracking_uri: str, address: str | None) -> bool:
     return started
 
 
-def _grid_job(tracking_uri: str, parent_id: str, job: Job, runs_root: str, data_dir: str) -> tuple[str, str]:
-    """One Ray task: open the tracking store on this node and run the job as the local grid does."""
-    from .grid import attempt_job
-    from .mlflow_tracker import open_store
-
-    try:
-        client, experiment_id = open_store(tracking_uri)
-    except N2NError as err:
-        return "failed", f"{type(err).__name__}: {err}"
-    return attempt_job(client, experiment_id, parent_id, job, Path(runs_root), Path(data_dir), progress=False)
+def _run_attempt(attempt: Attempt, job: Job) -> tuple[str, str]:
+    """One Ray task: the attempt opens the tracking store on this node and runs the job."""
+    return attempt(job)
 
 
-def run_on_ray(jobs: list[Job], client, experiment_id: str, tracking_uri: str, parent_id: str,
-               runs_root: Path, data_dir: Path, cpus: float,
-               started_ray: bool) -> Iterator[tuple[Job, tuple[str, str]]]:
-    """Submit every unfinished job at once; yield (job, outcome) as tasks finish.
+def run_ray(jobs: list[Job], attempt: Attempt, address: str | None = None,
+            cpus: float = 1) -> Iterator[tuple[Job, tuple[str, str]]]:
+    """Submit every unfinished job at once to the cluster at `address` (None: a local Ray); yield
+    (job, outcome) as tasks finish. One GPU per task where the cluster has GPUs, else `cpus` CPUs.
 
     Jobs already FINISHED are reported here without taking a slot on the cluster (the task would
     skip them too: it runs the same check first). Interrupted: the pending tasks are cancelled.
     """
-    from .grid import finished_run
-
+    started_ray = connect(attempt.tracking_uri, address)
     ray = _import_ray()
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    task = ray.remote(_grid_job).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
-    runs, data = str(Path(runs_root).resolve()), str(Path(data_dir).resolve())  # workers' cwd differs
+    task = ray.remote(_run_attempt).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+    attempt = dataclasses.replace(attempt, progress=False)  # workers' bars would interleave
     pending = {}
     try:
         for job in jobs:
-            try:
-                finished = finished_run(client, experiment_id, job.config.config_hash()) is not None
-            except Exception:  # the store hiccuped: let the task decide, as the local executor would
-                finished = False
-            if finished:
+            if attempt.finished(job):
                 yield job, ("skipped", "")
             else:
-                pending[task.remote(tracking_uri, parent_id, job, runs, data)] = job
+                pending[task.remote(attempt, job)] = job
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:

@@ -165,7 +165,7 @@ def caption(runs: list[JobRun], noise: str, profile: str, sets: list[str]) -> st
         f"PSNR (dB) for {noise}, profile '{profile}': training budget {params.get('train.budget_images')} images "
         f"of {crop_sizes(runs)} crops from {params.get('train.train_set')} (batch "
         f"{params.get('train.batch_size')}); evaluations per image: {repeats}{crop_note}; PSNR on "
-        f"uint8-quantised images (METHODS.md §8); device {', '.join(devices)}; total job wall time "
+        f"uint8-quantised images (METHODS.md §8); {scoring_note(runs)}; device {', '.join(devices)}; total job wall time "
         f"{wall / 60:.1f} min. Published numbers from baselines/published.csv (first source per cell); "
         f"a number marked (float) was measured on unquantised floats and is not directly comparable."
     )
@@ -259,7 +259,43 @@ def build_report(tracking_uri: str | None, out: Path,
         written += figures.all_figures(client, in_grid_order(runs), noise, profile, sets, figures_dir)
         if readme is not None and readme.exists():
             update_readme(readme, noise, profile, markdown)
+    written += paper_tables(groups, out)
     return written
+
+
+def paper_tables(groups: dict[tuple[str, str], list[JobRun]], out: Path) -> list[Path]:
+    """`table1-<profile>.md|.csv`: the paper's Table 1 layout for every profile with paper-list runs."""
+    from . import table1
+
+    written = []
+    for profile in sorted({p for _, p in groups}):
+        runs = [r for (n, p), rs in groups.items() if p == profile for r in rs if r.variant in table1.PAPER_VARIANTS]
+        if not runs:
+            continue
+        sets = [s for s in SET_ORDER if any(f"psnr_{s}" in r.metrics for r in runs)]
+        table, names = table1.build(runs, load_baselines(), sets)
+        text = (f"PSNR (dB) in the layout of the SSDN paper's Table 1, profile '{profile}' "
+                f"(each run's budget: the released list's budget scaled by the profile, see "
+                f"benchmarks/configs/paper.toml; {scoring_note(runs)}); published numbers in parentheses "
+                f"from baselines/published.csv, empty where no source gives one.")
+        stem = out / f"table1-{profile}"
+        written.append(_write_text(out, stem.with_suffix(".md"), table1.to_markdown(table, names, text)))
+        written.append(_write_text(out, stem.with_suffix(".csv"), table.to_csv(index=False)))
+    return written
+
+
+def scoring_note(runs: list[JobRun]) -> str:
+    """How blind-spot variants were scored: in training-crop tiles or on whole images."""
+    blind = [r for r in runs if r.params.get("method.name") in ("ssdn", "ssdn-mu")]
+    if not blind:
+        return "no blind-spot method"
+    modes = sorted({r.params.get("eval.blindspot_tiles", "auto") for r in blind})
+    sizes = sorted({str(r.params.get("train.patch_size")) for r in blind})
+    if modes == ["off"]:
+        return "blind-spot methods scored on whole images, as the released code"
+    if modes == ["auto"]:
+        return f"blind-spot methods scored in overlapping {'/'.join(s + '²' for s in sizes)} tiles of their training crops"
+    return "blind-spot methods scored partly in tiles, partly on whole images (see each run's eval.blindspot_tiles)"
 
 
 def update_readme(readme: Path, noise: str, profile: str, markdown: str) -> None:

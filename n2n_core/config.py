@@ -1,7 +1,7 @@
 """Validated run configuration: pydantic models, TOML profiles, `--set` overrides, the run's hash.
 
 A run is composed from plain dicts merged in a fixed order and validated once:
-profile TOML ([train], [eval]) → method TOML ([method]) → noise style → `--set section.key=value`.
+profile TOML ([train], [eval], [data]) → method TOML ([method]) → noise style → `--set section.key=value`.
 A key set by both the profile and the method file is an error, not a silent win.
 """
 
@@ -12,12 +12,13 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
 
-from .errors import ConfigError, NoiseNotSupported
-from .methods import METHODS
+from .errors import ConfigError
+from .methods import MethodConfigBase, method_class
+from .methods.external import MethodSource
 from .noise import canonical_style, parse_style
 
 
@@ -27,8 +28,9 @@ class Frozen(BaseModel):
 
 MAX_LR = 10.0
 TRAIN_BYTES_PER_PIXEL = 2048
-"""Rough memory of one training step per crop pixel (activations, gradients): 25–100 MB were
-measured for batches of 4 crops of 128² (n2n_core/train/trainer.py, keep_freed_memory)."""
+"""Memory of one training step per crop pixel, on the low side: the paper's U-Net saves about
+5.4 KB per pixel for its backward pass (counted with torch.autograd.graph.saved_tensors_hooks on
+one 128² crop), smaller networks less; so only a patch size that cannot fit is refused."""
 
 
 def device_memory_bytes(device) -> int | None:
@@ -113,9 +115,10 @@ class EvalConfig(Frozen):
     max_images: int | None = Field(None, gt=0)
     """Score only the first this many images of each set (smoke profile only)."""
     blindspot_tiles: Literal["auto", "off"] = "auto"
-    """Blind-spot methods on images larger than their training crop: 'auto' denoises in
-    overlapping tiles of the training-crop size keeping each tile's centre (METHODS.md §4);
-    'off' scores whole images and is refused when the images are larger than the crop."""
+    """Blind-spot methods: 'auto' denoises images larger than the training crop in overlapping
+    tiles of the crop size, keeping each tile's centre (the quick and smoke profiles); 'off' scores
+    whole padded images as the released code does (the paper and reproduction profiles; a warning
+    when the images are more than twice the crop). METHODS.md §4."""
     seed: int = 0
     """Evaluation noise seed: identical noisy inputs for every method."""
 
@@ -123,9 +126,11 @@ class EvalConfig(Frozen):
         return self.repeats.get(name, 1)
 
 
-def _method_union():
-    configs = tuple(cfg for cfg, _ in METHODS.values())
-    return Annotated[Union[configs], Field(discriminator="name")]  # noqa: UP007
+class DataConfig(Frozen):
+    channels: Literal[1, 3] = 3
+    """Image channels: 3 (RGB) or 1 (greyscale, the paper's "mono" runs). Training, validation and
+    evaluation images are converted as the released code's `set_color_channels`
+    (data/images.set_channels: the mean of R, G, B, rounded for uint8 images)."""
 
 
 NoiseStyle = Annotated[str, AfterValidator(canonical_style)]
@@ -138,35 +143,51 @@ class ExperimentConfig(Frozen):
     """Training seed: crop order, crops, noise and masks all derive from it."""
     noise: NoiseStyle
     """Noise style, e.g. gaussian25 (aliases such as gauss25 are canonicalised)."""
-    method: _method_union()
+    method: SerializeAsAny[MethodConfigBase]
+    """The method's own configuration (its class is `Method.Config`, found by `name`)."""
+    method_source: MethodSource | None = None
+    """Where a method from outside the package came from (spec and sha256 of its file)."""
     train: TrainConfig
     eval: EvalConfig = EvalConfig()
+    data: DataConfig = DataConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_config_of_its_class(cls, data):
+        # the method section is validated by the configuration class of the method it names
+        if isinstance(data, dict) and isinstance(data.get("method"), dict):
+            source = data.get("method_source")
+            source = MethodSource.model_validate(source) if isinstance(source, dict) else source
+            name = data["method"].get("name")
+            if not isinstance(name, str):
+                raise ConfigError("method.name is missing; name a method, e.g. method.name=\"n2c\"")
+            data = {**data, "method": method_class(name, source).Config.model_validate(data["method"])}
+        return data
 
     @model_validator(mode="after")
-    def _method_accepts_noise(self):
-        try:
-            self.method.check_noise(parse_style(self.noise))
-        except NoiseNotSupported:
-            raise
-        except ConfigError as err:  # typed, so the grid can tell "not applicable" from a bad config
-            raise NoiseNotSupported(str(err)) from None
+    def _method_can_run_so(self):
+        # each method states what it refuses (methods/base.py Method.check); a NoiseNotSupported
+        # keeps its type, so the grid can tell "not applicable" from a bad configuration
+        method_class(self.method.name, self.method_source).check(
+            self.method, parse_style(self.noise), self.train, self.eval, self.data)
         return self
 
-    @model_validator(mode="after")
-    def _blind_spot_scored_at_training_scale(self):
-        # METHODS.md §4: a blind-spot net scored on images larger than its crops breaks.
-        blind = METHODS[self.method.name][1].blind_spot
-        scored = self.eval.center_crop
-        if blind and self.eval.blindspot_tiles == "off" and (scored is None or scored > self.train.patch_size):
-            raise ConfigError(
-                f"{self.method.name} would be scored on images larger than its {self.train.patch_size}² "
-                "training crops with eval.blindspot_tiles=off; set it to auto (tiles) or raise "
-                "train.patch_size to the evaluation size"
-            )
-        return self
+    def identity_dump(self) -> dict:
+        """The configuration as plain data, without the options added since format 1 that are at
+        their default (OMITTED_AT_DEFAULT): adding an option keeps the identity of every run that
+        does not use it, so finished runs and checkpoints stay valid across releases."""
+        tree = self.model_dump(mode="json")
+        for dotted, default in OMITTED_AT_DEFAULT.items():
+            *parents, leaf = dotted.split(".")
+            node = tree
+            for part in parents:
+                node = node.get(part, {})
+            if leaf in node and node[leaf] == default:
+                del node[leaf]
+        return {k: v for k, v in tree.items() if v != {}}
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return json.dumps(self.identity_dump(), sort_keys=True, separators=(",", ":"))
 
     def config_hash(self) -> str:
         """Identity of the run: equal configs share checkpoints and finished results."""
@@ -174,7 +195,14 @@ class ExperimentConfig(Frozen):
 
     def flat(self) -> dict[str, object]:
         """Flattened fields ('train.budget_images': 2000) for MLflow params."""
-        return flatten(self.model_dump(mode="json"))
+        return flatten(self.identity_dump())
+
+
+# Options added after the first release, left out of a run's identity while at their default.
+OMITTED_AT_DEFAULT: dict[str, object] = {
+    "method_source": None,
+    "data.channels": 3,
+}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:

@@ -20,16 +20,19 @@ NoiseKind = Literal["gaussian", "poisson", "impulse"]
 
 @dataclass(frozen=True)
 class NoisyBatch:
-    """A noisy batch and the per-image noise level that produced it."""
+    """A noisy batch, the per-image noise level that produced it, and what a method estimated
+    once per whole image for every tile of it to share (Method.image_estimate; None: nothing)."""
 
-    noisy: Tensor  # (N, 3, H, W), never clipped, never quantised
+    noisy: Tensor  # (N, C, H, W), never clipped, never quantised
     level: Tensor  # (N,) std in [0, 1] units (Gaussian), λ (Poisson) or replacement probability
+    estimate: Tensor | None = None  # (N,) e.g. SSDN's per-image noise level, from the whole image
 
     def __iter__(self):  # allows `noisy, level = model.sample(...)`
         return iter((self.noisy, self.level))
 
     def to(self, device: torch.device | str) -> "NoisyBatch":
-        return NoisyBatch(self.noisy.to(device), self.level.to(device))
+        estimate = None if self.estimate is None else self.estimate.to(device)
+        return NoisyBatch(self.noisy.to(device), self.level.to(device), estimate)
 
 
 class NoiseModel(Protocol):

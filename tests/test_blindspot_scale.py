@@ -14,7 +14,9 @@ import math
 import pytest
 import torch
 
-from benchmarks.experiment import compose_config, evaluate_model, train
+from benchmarks.compose import compose_config
+from benchmarks.scoring import evaluate_model
+from benchmarks.training import train
 
 
 @pytest.mark.slow

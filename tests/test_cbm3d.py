@@ -161,7 +161,7 @@ def test_denoise_whole_batch(monkeypatch):
 def test_impulse_refused_at_configuration():
     with pytest.raises(ConfigError, match="impulse"):
         cbm3d("impulse50")
-    from benchmarks.experiment import compose_config
+    from benchmarks.compose import compose_config
 
     with pytest.raises(ValidationError, match="cannot model impulse50"):
         compose_config("evaluate", "cbm3d", "impulse50")
@@ -175,7 +175,7 @@ def test_missing_bm3d_gives_install_line(monkeypatch):
 
 
 def test_config_defaults_and_hash():
-    from benchmarks.experiment import compose_config
+    from benchmarks.compose import compose_config
 
     cfg = compose_config("evaluate", "cbm3d", "gaussian25")
     assert cfg.model_dump()["method"] == {"name": "cbm3d", "profile": "np", "colour_space": "opp"}
@@ -196,7 +196,7 @@ def test_pool_plan_never_oversubscribes():
 
 
 def test_grid_gives_cbm3d_a_cache_without_changing_its_hash(tmp_path):
-    from benchmarks.experiment import compose_config
+    from benchmarks.compose import compose_config
     from benchmarks.grid import with_result_cache
 
     cfg = compose_config("smoke", "cbm3d", "gaussian25")

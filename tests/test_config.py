@@ -9,9 +9,10 @@ import json
 import tomllib
 
 import pytest
+import torch
 from pydantic import ValidationError
 
-from benchmarks.experiment import CONFIG_DIR, compose_config
+from benchmarks.compose import CONFIG_DIR, compose_config
 from n2n_core.config import EvalConfig, ExperimentConfig, TrainConfig, merge_layers, parse_override
 from n2n_core.errors import ConfigError
 
@@ -162,28 +163,43 @@ def test_configs_are_frozen():
 
 
 def test_method_noise_refusal_happens_at_config_time():
-    with pytest.raises(BAD_CONFIG, match="gaussian\\* or poisson\\*"):
-        compose_config("smoke", "ssdn-known", "impulse50")
+    with pytest.raises(BAD_CONFIG, match="for impulse noise use n2c, n2n"):
+        compose_config("smoke", "n2v", "impulse50")
+    with pytest.raises(BAD_CONFIG, match="NotImplementedError"):
+        compose_config("smoke", "ssdn-known", "impulse50", ["data.channels=1"])
     with pytest.raises(BAD_CONFIG, match="per_image"):
         compose_config("smoke", "ssdn-constant", "gaussian5_50")
 
 
-def test_blind_spot_scored_larger_than_its_crop_without_tiles_is_refused():
-    with pytest.raises(BAD_CONFIG, match="blindspot_tiles"):
-        compose_config("smoke", "ssdn-mu", "gaussian25", ["eval.blindspot_tiles=off"])  # 128 > 64
-    with pytest.raises(BAD_CONFIG, match="blindspot_tiles"):
-        compose_config("smoke", "ssdn-known", "gaussian25",
-                       ["eval.blindspot_tiles=off", "eval.center_crop=96"])
-    whole_images = {"profile": "x", "noise": "gaussian25", "method": {"name": "ssdn-mu"},
-                    "train": {"budget_images": 8, "patch_size": 256}, "eval": {"blindspot_tiles": "off"}}
-    with pytest.raises(BAD_CONFIG, match="blindspot_tiles"):  # whole images: larger than any crop
-        ExperimentConfig.model_validate(whole_images)
-    compose_config("smoke", "ssdn-mu", "gaussian25", ["eval.blindspot_tiles=off", "train.patch_size=256"])
-    ok = compose_config("smoke", "ssdn-mu", "gaussian25", ["eval.blindspot_tiles=off", "eval.center_crop=64"])
-    assert ok.eval.blindspot_tiles == "off"
-    # tiles on (the default), or a network that is not blind-spot, are fine at any size
-    compose_config("smoke", "ssdn-mu", "gaussian25")
-    compose_config("smoke", "n2c", "gaussian25", ["eval.blindspot_tiles=off"])
+def test_profiles_say_how_blind_spot_networks_are_scored():
+    # the paper's protocol (released code): whole padded images; the CPU profiles tile (§4)
+    for profile, expected in (("paper", "off"), ("reproduction", "off"), ("quick", "auto"), ("smoke", "auto")):
+        assert compose_config(profile, "ssdn-mu", "gaussian25").eval.blindspot_tiles == expected, profile
+    # whole-image scoring is allowed at any size (a warning at scoring time, not an error)
+    assert compose_config("smoke", "ssdn-mu", "gaussian25", ["eval.blindspot_tiles=off"]).eval.blindspot_tiles == "off"
+
+
+def test_whole_image_scoring_of_a_much_larger_image_warns_once(capsys):
+    from benchmarks.scoring import make_denoiser
+    from n2n_core.evaluation.protocol import EvalInput
+    from n2n_core.methods import build_method
+    from n2n_core.noise import NoisyBatch, parse_style
+
+    def score(side: int, tiles: str):
+        cfg = compose_config("smoke", "ssdn-mu", "gaussian25", [f"eval.blindspot_tiles={tiles}", "train.patch_size=32"])
+        method = build_method(cfg.method, parse_style(cfg.noise))
+        seen = []
+        method.denoise = lambda model, batch: seen.append(tuple(batch.noisy.shape)) or batch.noisy
+        noisy = NoisyBatch(torch.zeros(1, 3, side, side), torch.zeros(1))
+        make_denoiser(method, None, torch.device("cpu"), cfg)([EvalInput("a", 0, noisy, side, side)] * 2)
+        return seen, capsys.readouterr().err
+
+    seen, err = score(128, "off")  # 128 > 2 × 32: whole image, one warning line for both inputs
+    assert seen == [(1, 3, 128, 128)] * 2 and err.count("warning:") == 1 and "32² crops" in err
+    seen, err = score(64, "off")  # 64 = 2 × 32: no warning
+    assert seen == [(1, 3, 64, 64)] * 2 and err == ""
+    seen, err = score(128, "auto")  # tiles of the training crop, no warning
+    assert set(seen) == {(8, 3, 32, 32), (1, 3, 32, 32)} and err == ""
 
 
 def test_eval_defaults():

@@ -22,7 +22,8 @@ import torch
 from typer.testing import CliRunner
 
 from benchmarks.cli import app
-from benchmarks.experiment import compose_config, train
+from benchmarks.compose import compose_config
+from benchmarks.training import train
 from n2n_core.data.train_stream import CropStream
 from n2n_core.errors import ConfigError
 from n2n_core.methods import METHODS, build_method
@@ -102,14 +103,17 @@ def test_two_rank_run_equals_single_process_and_resumes_in_one_process(tmp_path,
 
 
 def _global_pair(method_name: str, noise: str, batch: int = 4, step: int = 3, **method_cfg):
-    config_cls = METHODS[method_name][0]
+    config_cls = METHODS[method_name].Config
     method = build_method(config_cls(name=method_name, **method_cfg), parse_style(noise))
     images = [torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(i))
               for i in range(6)]
     stream = CropStream(images, 32, seed=5)
-    trainer = Trainer(method, stream, cfg=None, seed=5, device=torch.device("cpu"))
+    from n2n_core.config import TrainConfig
+
+    trainer = Trainer(method, stream, TrainConfig(budget_images=64, batch_size=batch, patch_size=32),
+                      seed=5, device=torch.device("cpu"))
     clean = stream.batch(step * batch, batch)
-    return clean, method.training_pair(clean, trainer.rngs(step))
+    return clean, method.training_pair(clean, trainer.step_context(step, step * batch))
 
 
 @pytest.mark.parametrize("method_name,noise,extra", [
@@ -160,7 +164,7 @@ def test_trainer_on_rank_one_trains_on_its_rows_and_neither_logs_nor_saves(tmp_p
     images = [torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(i))
               for i in range(6)]
     stream = CropStream(images, 32, seed=5)
-    method = build_method(METHODS["n2n"][0](),
+    method = build_method(METHODS["n2n"].Config(),
                           parse_style("gaussian25"))
     seen, logged = [], []
     loss = method.loss
@@ -179,5 +183,5 @@ def test_trainer_on_rank_one_trains_on_its_rows_and_neither_logs_nor_saves(tmp_p
     trainer.fit(method.build_model(torch.Generator().manual_seed(0)), tmp_path / "checkpoint.pt")
     assert len(seen) == 2 and logged == [] and not list(tmp_path.iterdir())
     for step, pair in enumerate(seen):
-        whole = method.training_pair(stream.batch(4 * step, 4), trainer.rngs(step))
+        whole = method.training_pair(stream.batch(4 * step, 4), trainer.step_context(step, 4 * step))
         assert torch.equal(pair.inputs, whole.inputs[2:]) and torch.equal(pair.targets, whole.targets[2:])

@@ -304,10 +304,10 @@ def test_non_finite_loss_with_finite_gradients_is_skipped(tmp_path):
     real_batch = stream.batch
     stream.batch = lambda seen, n: (snapshots.append(params(model)), real_batch(seen, n))[1]
     run = trainer(method, stream, cfg(ramp_up=0.0, ramp_down=0.0))  # constant lr: every step taken moves
-    run.fit(model)
+    _, state = run.fit(model)
     snapshots.append(params(model))
     moved = [not all(torch.equal(a, b) for a, b in zip(snapshots[k], snapshots[k + 1])) for k in range(4)]
-    assert moved == [True, False, True, True] and run.final_state.skipped_steps == 1
+    assert moved == [True, False, True, True] and state.skipped_steps == 1
 
 
 def test_weights_that_overflow_stop_the_run_before_they_are_saved(tmp_path):
@@ -416,12 +416,12 @@ def _real_disk_full_error() -> Exception:
 def test_tracking_store_on_a_full_disk_says_disk_full(tmp_path, data_dir, monkeypatch):
     from mlflow import MlflowClient
 
-    from benchmarks import experiment
+    from benchmarks import training
     from benchmarks.grid import run_grid
 
     full = _real_disk_full_error()
     assert "database or disk is full" in str(full)
-    real_train = experiment.train
+    real_train = training.train
 
     def disk_fills_then_train(*args, **kwargs):  # the run exists and holds its params by now
         def refuse(*a, **k):
@@ -430,7 +430,7 @@ def test_tracking_store_on_a_full_disk_says_disk_full(tmp_path, data_dir, monkey
         monkeypatch.setattr(MlflowClient, "log_batch", refuse)
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(experiment, "train", disk_fills_then_train)
+    monkeypatch.setattr(training, "train", disk_fills_then_train)
     overrides = [o for o in TINY_GRID if o != "--set"]
     outcome = run_grid("gaussian25", "smoke", ["n2c"], overrides, f"sqlite:///{tmp_path / 'full.db'}",
                        runs_root=tmp_path / "runs", data_dir=data_dir, progress=False)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import grid, ray_executor
-from benchmarks.grid import run_grid
+from benchmarks import jobs, ray_executor
+from benchmarks.grid import make_executor, run_grid
 from conftest import free_port, start_mlflow_server
 from n2n_core.errors import N2NError
 
@@ -120,9 +120,9 @@ def test_grid_on_a_ray_cluster_logs_every_run_and_skips_them_on_rerun(tmp_path, 
     def not_here(*args, **kwargs):
         raise AssertionError("a job ran in the driver instead of a Ray worker")
 
-    monkeypatch.setattr(grid, "run_job", not_here)
-    options = dict(runs_root=tmp_path / "runs", data_dir=data_dir, progress=False, executor="ray",
-                   ray_address=head.address, ray_cpus=1)
+    monkeypatch.setattr(jobs, "run_job", not_here)
+    options = dict(runs_root=tmp_path / "runs", data_dir=data_dir, progress=False,
+                   executor=make_executor("ray", uri, ray_address=head.address, ray_cpus=1))
     outcome = run_grid("gaussian25", "smoke", VARIANTS, TINY, uri, **options)
     assert outcome.failed == {} and outcome.ran == VARIANTS and outcome.skipped == []
 
@@ -154,8 +154,8 @@ def test_a_machine_local_store_with_a_remote_cluster_is_refused_before_anything_
     db = tmp_path / "mlflow.db"
     for uri in (f"sqlite:///{db}", "http://127.0.0.1:5000"):
         with pytest.raises(N2NError, match="only works on this machine"):
-            run_grid("gaussian25", "smoke", ["noisy"], TINY, uri, executor="ray",
-                     ray_address="10.0.0.7:6379", runs_root=tmp_path / "runs")
+            run_grid("gaussian25", "smoke", ["noisy"], TINY, uri, runs_root=tmp_path / "runs",
+                     executor=make_executor("ray", uri, ray_address="10.0.0.7:6379"))
     assert not db.exists() and not (tmp_path / "runs").exists()
     assert ray_executor.address_is_local(None) and ray_executor.address_is_local("127.0.0.1:6379")
     assert not ray_executor.address_is_local("ray://head.cluster:10001")
@@ -165,5 +165,5 @@ def test_a_machine_local_store_with_a_remote_cluster_is_refused_before_anything_
 def test_without_ray_installed_the_error_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     with pytest.raises(N2NError, match=r"pip install \.\[cluster\]"):
-        run_grid("gaussian25", "smoke", ["noisy"], TINY, "http://mlflow.cluster:5000", executor="ray",
-                 runs_root=tmp_path / "runs")
+        run_grid("gaussian25", "smoke", ["noisy"], TINY, "http://mlflow.cluster:5000",
+                 runs_root=tmp_path / "runs", executor=make_executor("ray", "http://mlflow.cluster:5000"))

@@ -244,3 +244,181 @@ def test_float32_inputs_give_float64_results():
         level_regulariser(var.float().sqrt()),
     ]
     assert all(r.dtype == torch.float64 for r in results)
+
+
+# ----------------------------------------------------------------------------- impulse noise (§5b)
+
+from n2n_core.methods.ssdn_math import (  # noqa: E402
+    impulse_nll,
+    impulse_posterior_mean,
+    impulse_prior_density,
+)
+from n2n_core.noise import add_impulse  # noqa: E402
+
+EPS = 1e-6
+J = np.ones((3, 3))
+
+
+def _numpy_impulse_nll(y, mu, sigma_x, alpha):
+    """(y − μy)ᵀ Σy⁻¹ (y − μy) + log max(det Σy, 1e-9), pixel by pixel with numpy.linalg."""
+    out = []
+    for yi, mi, sx in zip(_pixels(y), _pixels(mu), sigma_x.reshape(-1, 3, 3).numpy()):
+        s = sx + EPS * np.eye(3)
+        mu_y = alpha / 2 + (1 - alpha) * mi
+        sigma_y = alpha * (J / 4 + np.eye(3) / 12) + (1 - alpha) * (s + np.outer(mi, mi)) - np.outer(mu_y, mu_y)
+        d = yi - mu_y
+        out.append(d @ np.linalg.solve(sigma_y, d) + np.log(max(np.linalg.det(sigma_y), 1e-9)))
+    return np.array(out)
+
+
+def test_uniform_replacement_second_moment_is_quarter_j_plus_identity_over_12():
+    # the constant the impulse likelihood is built on: E[u uᵀ] for u ~ U(0, 1)³
+    u = np.random.default_rng(1).random((2_000_000, 3))
+    np.testing.assert_allclose(u.T @ u / len(u), J / 4 + np.eye(3) / 12, atol=2e-3)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.1, 0.9])
+def test_impulse_nll_matches_numpy_linalg(alpha):
+    y, mu, factors, _ = _batch(7)
+    y = y.clamp(0, 1)
+    sigma_x = prior_covariance(factors, diagonal=False)
+    ours = impulse_nll(y, mu, sigma_x, alpha)
+    assert ours.shape == (N, H, W)
+    np.testing.assert_allclose(ours.reshape(-1).numpy(), _numpy_impulse_nll(y, mu, sigma_x, alpha),
+                               rtol=1e-9, atol=1e-9)
+
+
+def test_impulse_nll_floors_the_determinant_at_1e_9_inside_the_log_only():
+    # α = 0 and Σx = 0: Σy = εI, det 1e-18 → log(1e-9) is used, the quadratic form keeps 1/ε
+    y, mu, _, _ = _batch(8)
+    sigma_x = torch.zeros(N, H, W, 3, 3, dtype=torch.float64)
+    ours = impulse_nll(y, mu, sigma_x, 0.0)
+    expected = ((y - mu) ** 2).sum(dim=1) / EPS + math.log(1e-9)
+    _assert_close(ours, expected, rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(ours.reshape(-1).numpy(), _numpy_impulse_nll(y, mu, sigma_x, 0.0), rtol=1e-9)
+
+
+def test_impulse_nll_uses_a_per_image_alpha():
+    y, mu, factors, _ = _batch(9, diagonal=True)
+    sigma_x = prior_covariance(factors, diagonal=True)
+    both = impulse_nll(y, mu, sigma_x, torch.tensor([0.2, 0.7], dtype=torch.float64))
+    for i, a in enumerate([0.2, 0.7]):
+        _assert_close(both[i], impulse_nll(y[i:i + 1], mu[i:i + 1], sigma_x[i:i + 1], a)[0])
+
+
+def test_impulse_nll_gradients_match_autograd_through_torch_linalg():
+    y, mu, factors, _ = _batch(10)
+
+    def reference(f, m, a):
+        s = prior_covariance(f, diagonal=False) + EPS * torch.eye(3, dtype=torch.float64)
+        mm = m.permute(0, 2, 3, 1)
+        mu_y = a / 2 + (1 - a) * mm
+        eye, ones = torch.eye(3, dtype=torch.float64), torch.ones(3, 3, dtype=torch.float64)
+        sigma_y = (a * (ones / 4 + eye / 12) + (1 - a) * (s + mm[..., :, None] * mm[..., None, :])
+                   - mu_y[..., :, None] * mu_y[..., None, :])
+        d = (y.permute(0, 2, 3, 1) - mu_y)[..., None]
+        quad = (d.transpose(-1, -2) @ torch.linalg.solve(sigma_y, d))[..., 0, 0]
+        return quad + torch.log(torch.linalg.det(sigma_y).clamp(min=1e-9))
+
+    def ours(f, m, a):
+        return impulse_nll(y, m, prior_covariance(f, diagonal=False), a)
+
+    def grads(fn):
+        f, m = factors.clone().requires_grad_(), mu.clone().requires_grad_()
+        a = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)  # a learned α gets a gradient
+        fn(f, m, a).sum().backward()
+        return f.grad, m.grad, a.grad
+
+    for got, want in zip(grads(ours), grads(reference)):
+        _assert_close(got, want, rtol=1e-8, atol=1e-9)
+
+
+def test_impulse_nll_is_the_gaussian_fit_to_monte_carlo_impulse_samples():
+    # μy and Σy are the mean and covariance of y = impulse(x), x ~ N(μ, Σx): sample both with the
+    # project's own noise model and evaluate the same quadratic + log det with the sample moments
+    rng = np.random.default_rng(2)
+    mu = np.array([0.3, 0.5, 0.7])
+    factors = torch.tensor([0.12, 0.03, -0.02, 0.1, 0.04, 0.08], dtype=torch.float64).view(1, 6, 1, 1)
+    sigma_x = prior_covariance(factors, diagonal=False)
+    x = rng.multivariate_normal(mu, sigma_x[0, 0, 0].numpy() + EPS * np.eye(3), size=1_000_000)
+    clean = torch.from_numpy(x.T.copy()).view(1, 3, 1000, 1000)
+    noisy = add_impulse(clean, torch.tensor([0.4]), torch.Generator().manual_seed(3))
+    samples = noisy.view(3, -1).numpy().T
+    m, c = samples.mean(axis=0), np.cov(samples.T)
+    y0 = np.array([0.45, 0.4, 0.8])
+    d = y0 - m
+    mc = d @ np.linalg.solve(c, d) + np.log(np.linalg.det(c))
+    as_image = lambda v: torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1)  # noqa: E731
+    ours = float(impulse_nll(as_image(y0), as_image(mu), sigma_x, 0.4))
+    assert ours == pytest.approx(mc, abs=0.03)
+
+
+def test_impulse_prior_density_is_the_normal_density_with_floored_determinant():
+    y, mu, factors, _ = _batch(11)
+    sigma_x = prior_covariance(factors, diagonal=False)
+    s = sigma_x + EPS * torch.eye(3, dtype=torch.float64)
+    want = MultivariateNormal(mu.permute(0, 2, 3, 1), covariance_matrix=s).log_prob(y.permute(0, 2, 3, 1)).exp()
+    _assert_close(impulse_prior_density(y, mu, sigma_x), want, rtol=1e-9, atol=0)
+    # a singular Σx: det(εI) = 1e-18 < 1e-9 → the normaliser uses 1e-9, the exponent keeps 1/ε
+    zero = torch.zeros_like(sigma_x)
+    near = mu + 1e-3 * torch.randn(mu.shape, generator=_gen(12), dtype=torch.float64)
+    q = ((near - mu) ** 2).sum(dim=1) / EPS
+    floored = torch.exp(-0.5 * q) / math.sqrt((2 * math.pi) ** 3 * 1e-9)
+    _assert_close(impulse_prior_density(near, mu, zero), floored, rtol=1e-9, atol=0)
+
+
+def _orthogonality_z(x: torch.Tensor, y: torch.Tensor, estimate: torch.Tensor) -> float:
+    """Largest |z| of E[(x − f(y))·φ(y)] = 0 over test functions φ, from (3, M) samples.
+
+    f(y) = E[x | y] exactly when the residual is orthogonal to every function of y (the defining
+    property of a conditional mean), so each sample average must be within noise of 0; z is it
+    divided by its standard error.
+    """
+    residual = x - estimate
+    phis = [torch.ones_like(y[0])] + [y[c] - 0.5 for c in range(3)]
+    for centre in ([0.4, 0.5, 0.6], [0.5, 0.4, 0.7], [0.3, 0.55, 0.5]):  # local bumps in y
+        dist2 = ((y - torch.tensor(centre, dtype=torch.float64)[:, None]) ** 2).sum(dim=0)
+        phis.append(torch.exp(-dist2 / (2 * 0.1**2)))
+    worst = 0.0
+    for phi in phis:
+        moment = residual * phi
+        z = moment.mean(dim=1) / (moment.std(dim=1) / math.sqrt(moment.shape[1]))
+        worst = max(worst, float(z.abs().max()))
+    return worst
+
+
+def test_impulse_posterior_mean_is_the_conditional_mean_of_monte_carlo_pairs():
+    # joint samples: x from the prior N(μ, Σx + εI) (narrow enough to stay inside the unit cube,
+    # where a replacement has density 1), y = impulse(x) with the project's own noise model
+    alpha, side = 0.5, 1000
+    mu = torch.tensor([0.4, 0.5, 0.6], dtype=torch.float64)
+    factors = torch.tensor([0.075, 0.025, -0.02, 0.06, 0.03, 0.05], dtype=torch.float64).view(1, 6, 1, 1)
+    sigma_x = prior_covariance(factors, diagonal=False)  # (1, 1, 1, 3, 3): one prior for every pixel
+    gen = torch.Generator().manual_seed(0)
+    chol = torch.linalg.cholesky(sigma_x[0, 0, 0] + EPS * torch.eye(3, dtype=torch.float64))
+    x = mu + torch.randn(side * side, 3, generator=gen, dtype=torch.float64) @ chol.T
+    clean = x.T.reshape(1, 3, side, side).contiguous()
+    noisy = add_impulse(clean, torch.tensor([alpha]), gen)
+    mu_image = mu.view(1, 3, 1, 1).expand(1, 3, side, side)
+
+    def worst_z(a: float) -> float:
+        estimate = impulse_posterior_mean(noisy, mu_image, sigma_x, a)
+        return _orthogonality_z(clean.view(3, -1), noisy.view(3, -1), estimate.view(3, -1))
+
+    assert worst_z(alpha) < 4.0
+    # the test has power: a mixture weight off by 0.15 either way is clearly not the conditional mean
+    assert worst_z(alpha - 0.15) > 8.0 and worst_z(alpha + 0.15) > 8.0
+
+
+def test_impulse_posterior_mean_closed_form_and_limits():
+    y, mu, factors, _ = _batch(13)
+    sigma_x = prior_covariance(factors, diagonal=False)
+    g = impulse_prior_density(y, mu, sigma_x)[:, None]
+    a = torch.tensor([0.25, 0.8], dtype=torch.float64).view(2, 1, 1, 1)
+    expected = (a * mu + (1 - a) * g * y) / (a + (1 - a) * g)
+    _assert_close(impulse_posterior_mean(y, mu, sigma_x, torch.tensor([0.25, 0.8], dtype=torch.float64)), expected)
+    # almost nothing replaced: keep y (where the prior density at y is not ~0: near μ, std 0.1)
+    near = mu + 0.01 * torch.randn(mu.shape, generator=_gen(14), dtype=torch.float64)
+    wide = 0.01 * torch.eye(3, dtype=torch.float64).expand(N, H, W, 3, 3)
+    _assert_close(impulse_posterior_mean(near, mu, wide, 1e-12), near, rtol=0, atol=1e-9)
+    _assert_close(impulse_posterior_mean(y, mu, sigma_x, 1.0), mu)  # everything replaced: the prior

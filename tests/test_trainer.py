@@ -24,7 +24,6 @@ from n2n_core.methods import build_method, method_config
 from n2n_core.methods.base import LossOutput, Method, MethodConfigBase, TrainingPair
 from n2n_core.noise import parse_style
 from n2n_core.seeding import make_generator
-from n2n_core.train import trainer as trainer_module
 from n2n_core.train.trainer import Trainer, TrainingDiverged, grads_are_finite
 
 CPU = torch.device("cpu")
@@ -71,6 +70,9 @@ class ScriptedStream:
     def __init__(self, stream: CropStream, nan_at=(), stop_at: int | None = None, on_batch=None):
         self.stream, self.nan_at, self.stop_at, self.on_batch = stream, set(nan_at), stop_at, on_batch
         self.calls: list[tuple[int, int]] = []
+
+    def training_pair(self, method, images_seen: int, n: int, step, device):
+        return method.training_pair(self.batch(images_seen, n).to(device), step)
 
     def batch(self, images_seen: int, n: int) -> torch.Tensor:
         if self.stop_at is not None and images_seen >= self.stop_at:
@@ -188,9 +190,9 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_bit_for_bit(make_metho
     resumed_stream = ScriptedStream(crops)
     second = trainer(method, resumed_stream, train_cfg)
     resumed = method.build_model(make_generator(123))
-    second.fit(resumed, tmp_path / "b.pt")
+    _, state = second.fit(resumed, tmp_path / "b.pt")
     assert resumed_stream.calls == [(2 * batch, batch), (3 * batch, batch)], "resume must continue, not restart"
-    assert second.final_state.images_seen == budget
+    assert state.images_seen == budget
 
     a, b = load(tmp_path / "a.pt"), load(tmp_path / "b.pt")
     assert a["finished"] and b["finished"]
@@ -228,14 +230,14 @@ def test_nan_step_leaves_weights_untouched_and_is_counted(crops, tmp_path):
     stream = ScriptedStream(crops, nan_at={8}, on_batch=lambda n: snapshots.append(params(model)))
     tracker = MetricsTracker()
     run = trainer(method, stream, train_cfg, tracker=tracker)
-    ema_model = run.fit(model, tmp_path / "c.pt")
+    ema_model, state = run.fit(model, tmp_path / "c.pt")
     snapshots.append(params(model))  # after the last step
 
     assert len(snapshots) == 5
     moved = [not all(torch.equal(p, q) for p, q in zip(snapshots[k], snapshots[k + 1])) for k in range(4)]
     assert moved == [True, True, False, True], "only the step on images 8–11 (NaN) may leave weights as they were"
-    assert run.final_state.skipped_steps == 1
-    assert run.final_state.images_seen == 16  # a skipped step still spends its images
+    assert state.skipped_steps == 1
+    assert state.images_seen == 16  # a skipped step still spends its images
     assert all(torch.isfinite(p).all() for p in model.parameters())
     saved = load(tmp_path / "c.pt")
     assert saved["skipped_steps"] == 1
@@ -263,7 +265,7 @@ def test_ema_follows_the_method_decay_schedule(crops, tmp_path):
     model = method.build_model(make_generator(0))
     snapshots = []
     stream = ScriptedStream(crops, on_batch=lambda n: snapshots.append(params(model)))
-    ema_model = trainer(method, stream, cfg(ema_decay=0.999)).fit(model, tmp_path / "c.pt")
+    ema_model, _ = trainer(method, stream, cfg(ema_decay=0.999)).fit(model, tmp_path / "c.pt")
     snapshots.append(params(model))
     ema = snapshots[0]
     for k, decay in enumerate([1 / 10, 2 / 11, 3 / 12, 4 / 13]):
@@ -285,9 +287,9 @@ def test_isolated_nonfinite_steps_do_not_add_up_to_divergence(crops):
     method = tiny_method()
     stream = ScriptedStream(crops, nan_at={4, 12, 20})  # never two in a row
     run = trainer(method, stream, cfg(budget_images=32, max_consecutive_skips=2))
-    run.fit(method.build_model(make_generator(0)))
-    assert run.final_state.skipped_steps == 3
-    assert run.final_state.images_seen == 32
+    _, state = run.fit(method.build_model(make_generator(0)))
+    assert state.skipped_steps == 3
+    assert state.images_seen == 32
 
 
 # ----------------------------------------------------------------------------- budget and lr
@@ -306,8 +308,8 @@ class RecordingAdam(torch.optim.Adam):
 @pytest.fixture
 def recording_adam(monkeypatch):
     RecordingAdam.applied = []
-    monkeypatch.setattr(trainer_module, "make_optimizer",
-                        lambda model, c: RecordingAdam(model.parameters(), lr=c.lr, betas=(0.9, 0.99), eps=1e-8))
+    monkeypatch.setattr(Method, "make_optimizer",
+                        lambda self, model, c: RecordingAdam(model.parameters(), lr=c.lr, betas=(0.9, 0.99), eps=1e-8))
     return RecordingAdam
 
 
@@ -315,8 +317,8 @@ def test_budget_counted_in_images_not_steps(crops, recording_adam, tmp_path):
     method = tiny_method()
     stream = ScriptedStream(crops)
     run = trainer(method, stream, cfg(budget_images=10, batch_size=4))
-    run.fit(method.build_model(make_generator(0)), tmp_path / "d.pt")
-    assert run.final_state.images_seen == 10
+    _, state = run.fit(method.build_model(make_generator(0)), tmp_path / "d.pt")
+    assert state.images_seen == 10
     assert stream.calls == [(0, 4), (4, 4), (8, 2)], "the last step takes only the images left"
     assert len(recording_adam.applied) == math.ceil(10 / 4)
     assert {int(s["step"]) for s in load(tmp_path / "d.pt")["optimizer"]["state"].values()} == {3}
@@ -360,9 +362,9 @@ def test_finished_checkpoint_is_returned_without_training(crops, tmp_path):
     before = path.read_bytes()
     stream = ScriptedStream(crops)
     again = trainer(method, stream, cfg(budget_images=8), identity="aaaa")
-    model = again.fit(method.build_model(make_generator(99)), path)
+    model, state = again.fit(method.build_model(make_generator(99)), path)
     assert stream.calls == []
-    assert again.final_state.images_seen == 8
+    assert state.images_seen == 8
     assert path.read_bytes() == before
     assert_same_state(load(path)["model"], model.state_dict(), "model")
 
@@ -412,15 +414,15 @@ def test_training_noise_derives_from_seed_and_step(tiny_images):
     a, b = trainer(method, stream, cfg(), seed=3), trainer(method, stream, cfg(), seed=3)
     other_seed = trainer(method, stream, cfg(), seed=4)
 
-    pa, pb = method.training_pair(clean, a.rngs(5)), method.training_pair(clean, b.rngs(5))
+    pa, pb = method.training_pair(clean, a.step_context(5, 0)), method.training_pair(clean, b.step_context(5, 0))
     assert torch.equal(pa.inputs, pb.inputs) and torch.equal(pa.targets, pb.targets)
-    for different in (method.training_pair(clean, a.rngs(6)), method.training_pair(clean, other_seed.rngs(5))):
+    for different in (method.training_pair(clean, a.step_context(6, 0)), method.training_pair(clean, other_seed.step_context(5, 0))):
         assert not torch.equal(pa.inputs, different.inputs)
         assert not torch.equal(pa.targets, different.targets)
     # method-side randomness (N2V masks) has its own stream, also fixed by (seed, step)
-    ma, mb = a.rngs(5).method, b.rngs(5).method
+    ma, mb = a.step_context(5, 0).method, b.step_context(5, 0).method
     assert torch.equal(torch.rand(8, generator=ma), torch.rand(8, generator=mb))
-    assert not torch.equal(torch.rand(8, generator=a.rngs(5).method), torch.rand(8, generator=a.rngs(5).noise))
+    assert not torch.equal(torch.rand(8, generator=a.step_context(5, 0).method), torch.rand(8, generator=a.step_context(5, 0).noise))
 
 
 def test_runs_with_same_seed_see_same_pairs_and_other_seeds_do_not(crops):

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.experiment import compose_config, evaluate_model, train
+from benchmarks.compose import compose_config
+from benchmarks.scoring import evaluate_model
+from benchmarks.training import train
 from benchmarks.figures import bootstrap_ci
 from n2n_core.data.images import default_data_dir
 from n2n_core.device import resolve_device

@@ -48,11 +48,12 @@ from n2n_core.data.images import default_data_dir
 from n2n_core.data.train_stream import CropStream
 from n2n_core.errors import N2NError
 from n2n_core.methods import build_method, method_config
-from n2n_core.methods.base import Method, Rngs
+from n2n_core.methods.base import Method, Step
 from n2n_core.networks import BlindSpotUNet, UNet
 from n2n_core.noise import parse_style
 from n2n_core.seeding import derive_seed, make_generator
-from n2n_core.train.trainer import grads_are_finite, keep_freed_memory, make_optimizer
+from n2n_core.device import keep_freed_memory
+from n2n_core.train.trainer import grads_are_finite
 
 # benchmark key → (method name, config fields)
 METHODS: dict[str, tuple[str, dict]] = {
@@ -215,10 +216,10 @@ class StepRunner:
     def __init__(self, method: Method, model: nn.Module, stream: CropStream, cfg: TrainConfig, seed: int):
         self.method, self.model, self.stream, self.seed = method, model.train(), stream, seed
         self.batch = cfg.batch_size
-        self.optimizer = make_optimizer(model, cfg)
+        self.optimizer = method.make_optimizer(model, cfg)
 
-    def rngs(self, step: int) -> Rngs:  # = Trainer.rngs on the CPU
-        return Rngs(noise=make_generator(derive_seed(self.seed, "noise", step)),
+    def rngs(self, step: int) -> Step:  # = Trainer.step_context on the CPU
+        return Step(noise=make_generator(derive_seed(self.seed, "noise", step)),
                     method=make_generator(derive_seed(self.seed, "method", step)))
 
     def prepare(self, step: int):

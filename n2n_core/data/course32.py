@@ -4,8 +4,8 @@
 clean target) and `DIR/val_data.pkl` two more: the noisy inputs and their clean targets. Both are
 opened with `torch.load(weights_only=True)`: a file whose pickle would run code is refused.
 
-The pairs are *given*: no noise model is applied to them. Training reads them through `PairStream`
-(batches of 6 channels: the input draw, then the target draw; only N2N-style methods accept them)
+The pairs are *given*: no noise model is applied to them. Training reads them through `PairStream`,
+which hands both draws to `Method.given_pair` (only N2N-style methods accept them)
 and scoring goes through `evaluation.paired.PairedEvaluator` (noisy input given, psnr_uint8
 against the clean file). The run's `--noise` is still recorded but does not describe this data.
 """
@@ -23,7 +23,6 @@ from ..seeding import derive_seed, make_generator
 
 PREFIX = "course32:"
 TRAIN_FILE, VAL_FILE = "train_data.pkl", "val_data.pkl"
-PAIR_CHANNELS = 6  # a PairStream batch: channels 0-2 the input draw, 3-5 the target draw
 
 
 def load_pair_file(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,30 +112,33 @@ def course32_set(name: str) -> Course32Set:
 class PairStream:
     """Given noisy pairs in a seeded order, addressed by images seen like CropStream.
 
-    `batch(images_seen, n)` returns float32 (n, 6, H, W) in [0, 1]: the first draw in channels
-    0-2, the second in 3-5. The order is a permutation per epoch from (seed, epoch).
+    `training_pair(method, images_seen, n, step, device)` hands the method the two draws of the
+    pairs number images_seen … images_seen + n − 1 (float32 in [0, 1]) through `Method.given_pair`;
+    the order is a permutation per epoch from (seed, epoch).
     """
-
-    paired = True
 
     def __init__(self, first: torch.Tensor, second: torch.Tensor, patch_size: int, seed: int):
         if tuple(first.shape[2:]) != (patch_size, patch_size):
             raise ConfigError(f"course32 pairs are {first.shape[2]}×{first.shape[3]}; set "
                               f"train.patch_size={first.shape[2]}")
-        self.pairs = torch.cat([first, second], dim=1)  # (N, 6, H, W) uint8
+        self.first, self.second = first, second  # (N, 3, H, W) uint8 each
         self.seed = seed
         self._order_cache: tuple[int, torch.Tensor] | None = None
 
     def order(self, epoch: int) -> torch.Tensor:
         if self._order_cache is None or self._order_cache[0] != epoch:
             rng = make_generator(derive_seed(self.seed, "course32-order", epoch))
-            self._order_cache = (epoch, torch.randperm(len(self.pairs), generator=rng))
+            self._order_cache = (epoch, torch.randperm(len(self.first), generator=rng))
         return self._order_cache[1]
 
-    def batch(self, images_seen: int, batch_size: int) -> torch.Tensor:
+    def indices(self, images_seen: int, batch_size: int) -> list[int]:
         index = []
         for counter in range(images_seen, images_seen + batch_size):
-            epoch, position = divmod(counter, len(self.pairs))
+            epoch, position = divmod(counter, len(self.first))
             index.append(int(self.order(epoch)[position]))
-        return self.pairs[index].to(torch.float32).div_(255.0)
+        return index
 
+    def training_pair(self, method, images_seen: int, batch_size: int, step, device):
+        index = self.indices(images_seen, batch_size)
+        first, second = (t[index].to(device, torch.float32).div_(255.0) for t in (self.first, self.second))
+        return method.given_pair(first, second, step)

@@ -1,4 +1,5 @@
-"""Read an image file into a uint8 (3, H, W) tensor, with errors that name the file and the fix.
+"""Read an image file into a uint8 (3, H, W) tensor, with errors that name the file and the fix;
+convert it to the run's channel count (`set_channels`).
 
 Only 8-bit images are read: the evaluation protocol scores uint8-quantised images (METHODS.md §8),
 so a 16-bit PNG or a float TIFF squeezed into 8 bits would be scored as something it is not
@@ -107,6 +108,30 @@ def read_image_cached(path: Path) -> torch.Tensor:
     except FileNotFoundError:
         return read_image(path)  # raises the clear error
     return _cached(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def set_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """(C, H, W) image with C in {1, 3} → `channels` (1 or 3) channels, keeping the dtype.
+
+    As the released SSDN code's `set_color_channels` (NVlabs/selfsupervised-denoising,
+    `selfsupervised_denoising.py`): an image that already has `channels` is returned as is; one
+    channel is repeated to three; three become their mean (R + G + B)/3, rounded to the nearest
+    integer for integer images (the mean of three integers is never exactly half-way, so the
+    rounding rule does not matter).
+    """
+    if channels not in (1, 3) or image.dim() != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(
+            f"set_channels converts (1 or 3, H, W) images to 1 or 3 channels, got shape "
+            f"{tuple(image.shape)} and channels={channels}"
+        )
+    if image.shape[0] == channels:
+        return image
+    if image.shape[0] == 1:
+        return image.repeat(3, 1, 1)
+    if image.dtype.is_floating_point:
+        return image.mean(dim=0, keepdim=True)
+    mean = image.to(torch.float64).mean(dim=0, keepdim=True)
+    return torch.round(mean).to(image.dtype)
 
 
 def to_float(image: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -11,16 +12,16 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, DataError
-from .images import IMAGE_SUFFIXES, read_image_cached
-from .manifest import entries_for, sha256_file
+from .images import IMAGE_SUFFIXES, read_image_cached, set_channels
+from .sources import files_under, sha256_file
 
-# name → (manifest set, folder under the data dir, default evaluation repeats of the paper, §8)
-REGISTERED: dict[str, tuple[str | None, str, int]] = {
-    "kodak24": ("kodak24", "kodak24", 10),
-    "bsd300": ("bsd300/test", "bsd300/test", 3),
-    "bsd300-train": ("bsd300/train", "bsd300/train", 1),
-    "set14": (None, "set14", 20),  # download only; no checksums kept (see download.py)
-    "imagenet-val": (None, "imagenet-val", 1),  # a folder the user provides: $N2N_IMAGENET
+# name → (checksums kept, folder under the data dir, default evaluation repeats of the paper, §8)
+REGISTERED: dict[str, tuple[bool, str, int]] = {
+    "kodak24": (True, "kodak24", 10),
+    "bsd300": (True, "bsd300/test", 3),
+    "bsd300-train": (True, "bsd300/train", 1),
+    "set14": (False, "set14", 20),  # download only; no checksums kept (see sources.py)
+    "imagenet-val": (False, "imagenet-val", 1),  # a folder the user provides: $N2N_IMAGENET
 }
 SET_FORMS = ", ".join(REGISTERED) + ", small32, folder:PATH, course32:DIR"
 IMAGENET_SIDES = (256, 512)  # the paper's training set: ILSVRC2012 val images with both sides here
@@ -34,6 +35,7 @@ class ImageSet:
     paths: tuple[Path, ...]
     sha256: tuple[str | None, ...]
     default_repeats: int = 1
+    channels: int = 3  # what load() returns: 3 RGB, 1 greyscale (images.set_channels)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -42,8 +44,12 @@ class ImageSet:
         return [p.stem for p in self.paths]
 
     def load(self) -> list[torch.Tensor]:
-        """Verify (where a checksum is known) and decode every image to uint8 (3, H, W)."""
-        return [_verified_image(p, h) for p, h in zip(self.paths, self.sha256)]
+        """Verify (where a checksum is known) and decode every image to uint8 (channels, H, W).
+
+        The one place where images enter training crops, validation and evaluation, so the
+        greyscale conversion (data.channels) is applied here and nowhere else.
+        """
+        return [set_channels(_verified_image(p, h), self.channels) for p, h in zip(self.paths, self.sha256)]
 
     def pad_to(self) -> int:
         """The common square size, a multiple of 32, that every image fits (Kodak 768, BSD 512)."""
@@ -72,40 +78,48 @@ def _check_hash(path: str, mtime_ns: int, size: int, expected: str) -> None:
         )
 
 
-def resolve_set(name: str, data_dir: Path) -> ImageSet:
+def resolve_set(name: str, data_dir: Path, channels: int = 3) -> ImageSet:
     """Build the ImageSet for a registered name or 'folder:PATH'; fails early with the fix.
 
+    `channels` (data.channels: 3 RGB, 1 greyscale) is what its `load()` returns.
     Two 32×32 sets answer the same questions by duck typing: 'small32' (1,000 seeded crops of the
     BSD300 test images, data/small32.py) and 'course32:DIR' (the course's files, data/course32.py).
     """
     if name == "small32":
         from .small32 import small32_set
 
-        return small32_set(resolve_set("bsd300", data_dir))
+        return small32_set(resolve_set("bsd300", data_dir, channels))
     if name.startswith("course32:"):
+        if channels != 3:
+            raise ConfigError(f"{name} holds RGB noisy pairs; it cannot be read with data.channels={channels}")
         from .course32 import course32_set
 
         return course32_set(name)
+    return dataclasses.replace(_resolve_files(name, data_dir), channels=channels)
+
+
+def _resolve_files(name: str, data_dir: Path) -> ImageSet:
+    """The registered or folder set `name` as RGB files."""
     if name.startswith("folder:"):
         return _folder_set(name, Path(name.split(":", 1)[1]).expanduser(), filter_sides=None)
     if name not in REGISTERED:
         raise ConfigError(f"unknown data set {name!r}; expected one of: {SET_FORMS}")
-    manifest_set, folder, repeats = REGISTERED[name]
+    verified, folder, repeats = REGISTERED[name]
     if name == "imagenet-val":
         root = Path(os.environ.get("N2N_IMAGENET", data_dir / folder))
         return _folder_set(name, root, filter_sides=IMAGENET_SIDES)
     _require_data_dir(data_dir, name)
-    if manifest_set is None:
+    if not verified:
         return _folder_set(name, data_dir / folder, filter_sides=None, repeats=repeats)
-    entries = entries_for(manifest_set)
-    paths = tuple(data_dir / e.relative_path for e in entries)
+    files = files_under(folder)
+    paths = tuple(data_dir / rel for rel in files)
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise DataError(
             f"data set {name}: {len(missing)} of {len(paths)} images missing (first: {missing[0]}); "
             f"run 'n2n-bench download {name}' or point N2N_DATA at a directory that has them"
         )
-    return ImageSet(name, paths, tuple(e.sha256 for e in entries), repeats)
+    return ImageSet(name, paths, tuple(files.values()), repeats)
 
 
 def _require_data_dir(data_dir: Path, name: str) -> None:

@@ -31,7 +31,7 @@ def pad_reflect(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 class CropStream:
-    """Random square crops (float32 in [0, 1]) from a list of uint8 (3, H, W) images."""
+    """Random square crops (float32 in [0, 1]) from a list of uint8 (C, H, W) images."""
 
     def __init__(self, images: list[torch.Tensor], patch_size: int, seed: int):
         if not images:
@@ -54,7 +54,7 @@ class CropStream:
         return self.order(epoch)[position]
 
     def crop(self, counter: int) -> torch.Tensor:
-        """The uint8 crop (3, P, P) for the `counter`-th image drawn."""
+        """The uint8 crop (C, P, P) for the `counter`-th image drawn."""
         image = self.images[self.image_index(counter)]
         _, h, w = image.shape
         rng = make_generator(derive_seed(self.seed, "train-crop", counter))
@@ -63,14 +63,19 @@ class CropStream:
         return image[:, top : top + self.patch_size, left : left + self.patch_size]
 
     def batch(self, images_seen: int, batch_size: int) -> torch.Tensor:
-        """Crops number images_seen … images_seen + batch_size − 1 as float32 (B, 3, P, P) in [0, 1]."""
+        """Crops number images_seen … images_seen + batch_size − 1 as float32 (B, C, P, P) in [0, 1]."""
         crops = torch.stack([self.crop(images_seen + i) for i in range(batch_size)])
         return crops.to(torch.float32).div_(255.0)
+
+    def training_pair(self, method, images_seen: int, batch_size: int, step, device):
+        """The method's training pair for the next batch of clean crops, moved to `device`."""
+        clean = self.batch(images_seen, batch_size).to(device, non_blocking=True)
+        return method.training_pair(clean, step)
 
 
 def stream_for(image_set, patch_size: int, seed: int):
     """The training stream of a resolved set: random crops, or the given noisy pairs of a set that
-    brings them (course32:DIR, whose PairStream hands out 6-channel input‖target batches)."""
+    brings them (course32:DIR, whose PairStream hands both draws to `Method.given_pair`)."""
     if hasattr(image_set, "train_pairs"):
         from .course32 import PairStream
 

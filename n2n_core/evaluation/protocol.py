@@ -26,7 +26,7 @@ class EvalInput:
 
     image_id: str
     repeat: int
-    noisy: NoisyBatch  # (1, 3, S, S) on the CPU, S the set's common multiple of 32
+    noisy: NoisyBatch  # (1, C, S, S) on the CPU, S the set's common multiple of 32, C = data.channels
     height: int
     width: int
 
@@ -80,7 +80,7 @@ class EvalResult:
         }
 
 
-# A denoiser maps a chunk of inputs to one (3, ≥h, ≥w) or (1, 3, ≥h, ≥w) output each, in [0, 1]
+# A denoiser maps a chunk of inputs to one (C, ≥h, ≥w) or (1, C, ≥h, ≥w) output each, in [0, 1]
 # scale (values outside are fine: quantisation clips). Learned methods get chunks of one;
 # CBM3D takes larger chunks to run images in parallel.
 Denoiser = Callable[[Sequence[EvalInput]], Sequence[torch.Tensor]]
@@ -106,7 +106,7 @@ class Evaluator:
     _clean: list[torch.Tensor] = field(default_factory=list, repr=False)
 
     def clean_images(self) -> list[torch.Tensor]:
-        """The uint8 (3, H, W) reference images, after the optional centre crop."""
+        """The uint8 (C, H, W) reference images (C = the set's channels), after the optional centre crop."""
         if not self._clean:
             images = self.image_set.load()[: self.max_images]
             if self.center_crop is not None:
@@ -129,7 +129,7 @@ class Evaluator:
         size = self.pad_to
         for image_id, clean in zip(self.image_ids(), self.clean_images()):
             # noise is added after padding, as in the reference code (METHODS.md §8)
-            padded = to_float(pad_reflect(clean, size, size))[None]  # (1, 3, S, S)
+            padded = to_float(pad_reflect(clean, size, size))[None]  # (1, C, S, S)
             for repeat in range(self.repeats):
                 rng = make_generator(self.noise_seed(image_id, repeat))
                 noisy = self.noise.sample(padded, rng)

@@ -4,6 +4,8 @@ Blind-spot networks learn their deep levels from the training crops, so on image
 those crops they break (METHODS.md §4: 25.9 dB on 64² crops, 18.5 dB on 256² after training on
 64²). Scoring them in tiles of the training-crop size at stride tile/2, keeping from each tile the
 pixels closest to its centre, recovers the crop-sized quality (25.8 dB in the same measurement).
+What a method estimates per image (`NoisyBatch.estimate`) comes from the whole image and is handed
+to every tile of it unchanged.
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ def denoise_tiled(denoise: Callable[[NoisyBatch], Tensor], batch: NoisyBatch, ti
     for first in range(0, len(positions), tiles_per_call):
         chunk = positions[first : first + tiles_per_call]
         tiles = torch.cat([noisy[:, :, ys[iy] : ys[iy] + tile, xs[ix] : xs[ix] + tile] for iy, ix in chunk])
-        level = batch.level.repeat(len(chunk))
-        result = denoise(NoisyBatch(tiles, level)).to(out.dtype)
+        level = batch.level.repeat(len(chunk))  # tile k of image n sits at row k·N + n, as cat does
+        estimate = None if batch.estimate is None else batch.estimate.repeat(len(chunk))
+        result = denoise(NoisyBatch(tiles, level, estimate)).to(out.dtype)
         for k, (iy, ix) in enumerate(chunk):
             rows = torch.nonzero(owner_y == iy).flatten()
             cols = torch.nonzero(owner_x == ix).flatten()

@@ -1,43 +1,66 @@
-"""Registry of methods: name → (config class, method class). Plain dict; grep it."""
+"""Registry of methods: name → Method class (its configuration is `cls.Config`). Plain dict; grep it.
+
+Methods from elsewhere are found by `method_class` too: a file or module spec
+(`path/to/file.py:ClassName`, `package.module:ClassName`, see external.py) or a name an installed
+package registers in the entry-point group `n2n_bench.methods`.
+"""
 
 from __future__ import annotations
 
 from ..errors import ConfigError
 from ..noise import NoiseModel
-from .base import LossOutput, Method, MethodConfigBase, Rngs, TrainingPair
-from .cbm3d import CBM3D, CBM3DConfig
-from .course import Course, CourseConfig
-from .n2c import N2C, N2CConfig
-from .n2n import N2N, N2NConfig
-from .n2v import N2V, N2VConfig
-from .noisy import Noisy, NoisyConfig
-from .ssdn import SSDN, SSDNConfig, SSDNMu, SSDNMuConfig
+from . import external
+from .base import LossOutput, Method, MethodConfigBase, Step, TrainingPair
+from .cbm3d import CBM3D
+from .course import Course
+from .n2c import N2C
+from .n2n import N2N
+from .n2v import N2V
+from .n2v2 import N2V2
+from .noisy import Noisy
+from .ssdn import SSDN, SSDNMu
+from .zs_n2n import ZSN2N
 
-METHODS: dict[str, tuple[type[MethodConfigBase], type[Method]]] = {
-    "noisy": (NoisyConfig, Noisy),
-    "n2c": (N2CConfig, N2C),
-    "n2n": (N2NConfig, N2N),
-    "n2v": (N2VConfig, N2V),
-    "ssdn": (SSDNConfig, SSDN),
-    "ssdn-mu": (SSDNMuConfig, SSDNMu),
-    "cbm3d": (CBM3DConfig, CBM3D),
-    "course": (CourseConfig, Course),
+METHODS: dict[str, type[Method]] = {
+    "noisy": Noisy,
+    "n2c": N2C,
+    "n2n": N2N,
+    "n2v": N2V,
+    "ssdn": SSDN,
+    "ssdn-mu": SSDNMu,
+    "n2v2": N2V2,
+    "zs-n2n": ZSN2N,
+    "cbm3d": CBM3D,
+    "course": Course,
 }
 
 
+def method_class(name: str, source: external.MethodSource | None = None) -> type[Method]:
+    """The Method class for a registry name, or for the external source a run recorded."""
+    if source is not None:
+        return external.load_recorded(source)
+    if name in METHODS:
+        return METHODS[name]
+    plugin = external.entry_point_spec(name)
+    if plugin is not None:
+        return external.load_class(plugin)
+    raise ConfigError(f"unknown method {name!r}; expected one of: {', '.join(METHODS)} "
+                      "(or path/to/file.py:ClassName, package.module:ClassName)")
+
+
 def method_config(name: str, **fields) -> MethodConfigBase:
-    """Validated config for method `name` (unknown names and keys are errors)."""
-    if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r}; expected one of: {', '.join(METHODS)}")
-    return METHODS[name][0](**fields)
+    """Validated config for registry method `name` (unknown names and keys are errors)."""
+    return method_class(name).Config(**fields)
 
 
-def build_method(config: MethodConfigBase, noise: NoiseModel) -> Method:
-    """Instantiate the method for a validated config; refuses method–noise pairs it cannot model."""
-    return METHODS[config.name][1](config, noise)
+def build_method(config: MethodConfigBase, noise: NoiseModel, channels: int = 3,
+                 source: external.MethodSource | None = None) -> Method:
+    """Instantiate the method of a validated config on `channels`-channel images (data.channels);
+    configuration validation has run its `check`."""
+    return method_class(config.name, source)(config, noise, channels)
 
 
 __all__ = [
-    "METHODS", "LossOutput", "Method", "MethodConfigBase", "Rngs", "TrainingPair",
-    "build_method", "method_config",
+    "METHODS", "LossOutput", "Method", "MethodConfigBase", "Step", "TrainingPair",
+    "build_method", "method_class", "method_config",
 ]

@@ -1,90 +1,138 @@
-"""The Method contract: how a denoiser builds its network, its training pair, its loss and its output.
+"""The Method contract: everything a denoiser may declare, with its default, in one place.
 
-The trainer and the evaluator only ever talk to this interface; nothing outside `methods/`
-branches on a method's name.
+The trainer, the evaluator and the runner only ever talk to this interface; nothing outside
+`methods/` branches on a method's name. A new method subclasses `Method`, nests its configuration
+as `Config` (a `MethodConfigBase` whose `name` is a `Literal`) and overrides what differs:
+
+- always: `build_model`, `training_pair`, `loss`, `denoise` (trainable methods), or
+  `trainable = False` and `denoise` alone (training-free methods such as CBM3D);
+- where needed: `check` (what the method refuses, at configuration time), `make_optimizer`,
+  `ema_decay`, `given_pair` (training on given noisy pairs), `image_estimate` (a per-image
+  estimate every tile shares), `denoise_many` with `eval_chunk` (several images at once),
+  `with_cache_dir`.
+
+Randomness: draw noise from `step.noise` and everything else (masks, sub-samplers, dropout) from
+`step.method`; both are made fresh for every step from (run seed, purpose, step), so runs are
+bit-reproducible and resume exactly. Under multi-process training every tensor of a
+`TrainingPair` must have the batch as its first dimension: each process trains on its rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..noise import NoiseModel, NoisyBatch
+
+if TYPE_CHECKING:  # configuration sections, only for annotations (config.py imports this module)
+    from ..config import DataConfig, EvalConfig, TrainConfig
 
 
 class MethodConfigBase(BaseModel):
-    """Base of every method's configuration: frozen, unknown keys rejected."""
+    """Base of every method's configuration: frozen, unknown keys rejected, `name` a Literal."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def check_noise(self, noise: NoiseModel) -> None:
-        """Raise ConfigError when this method cannot model `noise` (checked at configuration time)."""
-
 
 @dataclass(frozen=True)
-class Rngs:
-    """Generators made fresh for every step from (run seed, purpose, step)."""
+class Step:
+    """What a method may know about the training step it builds a pair for."""
 
     noise: torch.Generator  # every noise draw, so all methods see the same noisy crops at a step
-    method: torch.Generator  # masks and any other method-side randomness
+    method: torch.Generator  # masks, sub-samplers and any other method-side randomness
+    images_seen: int = 0  # images trained on before this step
+    budget_images: int = 0  # the run's budget N; 0 when only evaluating
+    index: int = 0  # the step's number from 0 (images_seen // batch size): per-step schedules
+
+    @property
+    def progress(self) -> float:
+        """images_seen / budget in [0, 1]; 1 when there is no budget (evaluation)."""
+        return min(1.0, self.images_seen / self.budget_images) if self.budget_images else 1.0
 
 
 @dataclass(frozen=True)
 class TrainingPair:
-    inputs: Tensor  # what the network sees, (N, 3, P, P)
-    targets: Tensor  # what the loss compares against
+    inputs: Tensor  # what the network sees, (N, C, P, P), C = data.channels
+    targets: Tensor  # what the loss compares against, batch first
     mask: Tensor | None = None  # N2V: 1 where the loss is taken
-    level: Tensor | None = None  # per-image noise level, for known-level variants
+    level: Tensor | None = None  # per-image noise level (N,), for known-level variants
 
 
 @dataclass(frozen=True)
 class LossOutput:
     loss: Tensor  # scalar, differentiable
-    logs: Mapping[str, Tensor] = field(default_factory=dict)  # detached scalars, e.g. estimated σ
+    logs: Mapping[str, Tensor] = field(default_factory=dict)  # detached scalars the trainer logs (e.g. σ̂)
 
 
 class Method:
-    """Base class with the defaults; subclasses override what differs.
+    """Base class with the defaults; subclasses override what differs."""
 
-    Optional hook: `make_optimizer(model, train_cfg)` returns the optimizer the trainer steps
-    (the scratch network's own SGD); without it the trainer uses Adam (METHODS.md §2).
-    `ema_decay(decay, step)` gives the decay of the weights' moving average (train.ema_decay) at
-    update `step`; the default keeps it constant.
-    """
-
-    trainable: ClassVar[bool] = True
+    Config: ClassVar[type[MethodConfigBase]]  # the nested configuration class
+    trainable: ClassVar[bool] = True  # False: no training; `denoise` alone (noisy, cbm3d, zero-shot)
     amp_safe: ClassVar[bool] = True  # False where float64 math must not be autocast
-    blind_spot: ClassVar[bool] = False  # True: scored in tiles no larger than the training crop
+    blind_spot: ClassVar[bool] = False  # True: scored in tiles when the crops are small (§4)
+    eval_chunk: ClassVar[int] = 1  # evaluation inputs handed to one `denoise_many` call
 
-    def __init__(self, config: MethodConfigBase, noise: NoiseModel):
-        config.check_noise(noise)
+    def __init__(self, config: MethodConfigBase, noise: NoiseModel, channels: int = 3):
         self.config = config
         self.noise = noise
+        self.channels = channels  # image channels (data.channels): 3 RGB, 1 greyscale
 
-    def ema_decay(self, decay: float, step: int) -> float:
-        return decay
+    # --- configuration time -------------------------------------------------------------
+    @classmethod
+    def check(cls, config: MethodConfigBase, noise: NoiseModel, train: TrainConfig,
+              evaluation: EvalConfig, data: DataConfig) -> None:
+        """Raise ConfigError (NoiseNotSupported for a noise or channel count it cannot model) when
+        this method cannot run so; called by configuration validation, before anything is trained."""
 
+    @classmethod
+    def with_cache_dir(cls, config: MethodConfigBase, folder: str) -> MethodConfigBase:
+        """The config pointed at a result cache in `folder` (not part of the hash); default: as is."""
+        return config
+
+    # --- training ----------------------------------------------------------------------------
     def build_model(self, rng: torch.Generator) -> nn.Module | None:
         """One module holding every trainable parameter, initialised from `rng`."""
         raise NotImplementedError
 
-    def training_pair(self, clean: Tensor, rngs: Rngs) -> TrainingPair:
+    def training_pair(self, clean: Tensor, step: Step) -> TrainingPair:
+        """The pair for clean float crops (N, C, P, P) in [0, 1]; noise drawn from step.noise."""
         raise NotImplementedError
+
+    def given_pair(self, first: Tensor, second: Tensor, step: Step) -> TrainingPair:
+        """The pair for a data set that brings two noisy draws and no clean image (course32)."""
+        raise ConfigError(f"{self.config.name} needs clean training images; a set of given noisy pairs "
+                          "(course32:DIR) only trains the course variants as N2N (method.target=\"n2n\")")
 
     def loss(self, model: nn.Module, pair: TrainingPair) -> LossOutput:
         raise NotImplementedError
 
+    def make_optimizer(self, model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+        """Adam(β1 0.9, β2 0.99, ε 1e-8) at train.lr, as in the paper (METHODS.md §2)."""
+        return torch.optim.Adam(model.parameters(), lr=train.lr, betas=(0.9, 0.99), eps=1e-8)
+
+    def ema_decay(self, decay: float, step: int) -> float:
+        """Decay of the weights' moving average (train.ema_decay) at update `step`; default constant."""
+        return decay
+
+    # --- evaluation -------------------------------------------------------------------------
+    def image_estimate(self, model: nn.Module | None, batch: NoisyBatch) -> Tensor | None:
+        """What this method estimates once per whole (padded) image, (N,), for every tile of it
+        to share as `batch.estimate` in `denoise` (SSDN: its noise level); None: nothing."""
+        return None
+
     def denoise(self, model: nn.Module | None, batch: NoisyBatch) -> Tensor:
-        """Denoised (N, 3, H, W) for a noisy batch whose sides are multiples of 32."""
+        """Denoised (N, C, H, W) for a noisy batch whose sides are multiples of 32."""
         raise NotImplementedError
 
     def denoise_many(self, model: nn.Module | None, inputs: Sequence, device: torch.device) -> list[Tensor]:
-        """Denoise evaluation inputs one by one on `device`; CBM3D overrides this to use a pool."""
+        """Denoise up to `eval_chunk` evaluation inputs on `device`; CBM3D overrides it with a pool."""
         outputs = []
         with torch.inference_mode():
             for item in inputs:

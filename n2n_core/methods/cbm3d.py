@@ -27,7 +27,8 @@ Poisson noise (y = Poisson(λx)/λ)
        I is 0 exactly at D = 2·sqrt(3/8) (the transform of a zero count) and is set to 0 below it;
     5. divide by λ.
 
-Impulse noise is refused at configuration time: BM3D models additive Gaussian noise only.
+Impulse noise and greyscale data (data.channels=1) are refused at configuration time: BM3D models
+additive Gaussian noise only, and bm3d_rgb takes RGB images.
 
 Parallelism and determinism
     Images are independent, so `denoise_many` runs them in a pool of worker processes
@@ -74,7 +75,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..errors import ConfigError, N2NError, first_line
+from ..errors import ConfigError, N2NError, NoiseNotSupported, first_line
 from ..noise import NoiseModel, NoisyBatch
 from ..train.checkpoint import atomic_write
 from .base import Method, MethodConfigBase
@@ -99,13 +100,6 @@ class CBM3DConfig(MethodConfigBase):
     """Worker processes (None: the usable cores). Not part of the run's hash: results are identical."""
     cache_dir: str | None = Field(None, exclude=True)
     """Folder of finished per-image results (None: no cache). Not part of the run's hash."""
-
-    def check_noise(self, noise: NoiseModel) -> None:
-        if noise.kind == "impulse":
-            raise ConfigError(
-                f"cbm3d cannot model {noise.style}: BM3D assumes additive Gaussian noise (Poisson "
-                "goes through the Anscombe transform); for impulse noise use n2n, n2v or ssdn-mu"
-            )
 
     def options(self) -> dict[str, str]:
         """What, besides the noisy input and its level, decides the output."""
@@ -233,7 +227,8 @@ def _pool_context():
 
 
 def usable_cores() -> int:
-    """Cores this process may use: CPU affinity, capped by a cgroup v2 CPU quota when one is set."""
+    """Cores this process may use: CPU affinity, capped by a cgroup v2 CPU quota when one is set
+    and by $N2N_CORES, the share a parallel grid gives each of its jobs (benchmarks/jobs.py)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -244,6 +239,8 @@ def usable_cores() -> int:
             cores = min(cores, max(1, int(quota) // int(period)))
     except (OSError, ValueError):
         pass
+    if os.environ.get("N2N_CORES", "").isdigit():
+        cores = min(cores, int(os.environ["N2N_CORES"]))
     return max(1, cores)
 
 
@@ -320,13 +317,32 @@ def cache_key(z: np.ndarray, image_id: str, repeat: int, kind: str, level: float
 class CBM3D(Method):
     """Colour BM3D with the known noise level; Poisson through the Anscombe transform."""
 
+    Config = CBM3DConfig
     trainable: ClassVar[bool] = False
     eval_chunk: ClassVar[int] = 64  # the evaluator hands this many inputs to one denoise_many call
 
     config: CBM3DConfig
 
-    def __init__(self, config: CBM3DConfig, noise: NoiseModel):
-        super().__init__(config, noise)
+    @classmethod
+    def check(cls, config, noise, train, evaluation, data):
+        if noise.kind == "impulse":
+            raise NoiseNotSupported(
+                f"cbm3d cannot model {noise.style}: BM3D is a Gaussian denoiser (Poisson goes "
+                "through the Anscombe transform); for impulse noise use n2c, n2n, ssdn-mu or ssdn (RGB)"
+            )
+        if data.channels != 3:
+            raise NoiseNotSupported(
+                f"cbm3d runs colour BM3D (bm3d_rgb) on RGB images only, not data.channels={data.channels}; "
+                "use data.channels=3 (the paper has no greyscale CBM3D cell)"
+            )
+
+    @classmethod
+    def with_cache_dir(cls, config, folder):
+        """Finished images are cached under `folder` unless the run names its own cache_dir."""
+        return config if config.cache_dir is not None else config.model_copy(update={"cache_dir": folder})
+
+    def __init__(self, config: CBM3DConfig, noise: NoiseModel, channels: int = 3):
+        super().__init__(config, noise, channels)
         import_bm3d()  # fail now, in one line, rather than inside a worker
         self.versions = bm3d_versions()
         self.cache = ResultCache(config.cache_dir) if config.cache_dir else None

@@ -17,8 +17,10 @@ class N2CConfig(MethodConfigBase):
 class N2C(Method):
     """Noise2Clean: the U-Net learns noisy → clean."""
 
+    Config = N2CConfig
+
     def build_model(self, rng):
-        return UNet(n_out=3, rng=rng)
+        return UNet(n_out=self.channels, in_channels=self.channels, rng=rng)
 
     def training_pair(self, clean, rngs):
         return TrainingPair(inputs=self.noise.sample(clean, rngs.noise).noisy, targets=clean)

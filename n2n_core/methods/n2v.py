@@ -5,7 +5,7 @@ manipulator, which may pick the centre pixel itself, neighbourhood radius 5). Ot
 0.198 % or 0.2 % without the centre; set `mask_percent` / `allow_center` to reproduce them. Every
 value is recorded with the run. The SSDN paper's N2V baseline evaluated an EMA of the weights:
 `configs/methods/n2v.toml` turns `train.ema_decay` on for that reason, warmed up by default
-(`method.ema_warmup`, see N2VConfig).
+(`method.ema_warmup`, see N2VConfig). Impulse noise is refused (see N2V.check).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from ..errors import NoiseNotSupported
 from ..train.schedule import ema_decay_at
 from .base import LossOutput, MethodConfigBase, TrainingPair
 from .n2c import N2C
@@ -34,8 +35,21 @@ class N2VConfig(MethodConfigBase):
     it a short budget scores an average still dominated by the random initial weights."""
 
 
+
 class N2V(N2C):
     """The U-Net sees the masked input; its target is that same noisy input (not a second draw)."""
+
+    Config = N2VConfig
+
+    @classmethod
+    def check(cls, config, noise, train, evaluation, data):
+        # its L2 target, the noisy input itself, has mean (1 − α)x + α/2 under impulse noise
+        # (METHODS.md §5b), and the paper has no N2V impulse cell
+        if noise.kind == "impulse":
+            raise NoiseNotSupported(
+                f"n2v cannot model {noise.style}: its L2 loss on noisy pixels learns the biased mean "
+                "of impulse noise; for impulse noise use n2c, n2n, ssdn-mu or ssdn (RGB)"
+            )
 
     def training_pair(self, clean, rngs):
         noisy = self.noise.sample(clean, rngs.noise).noisy

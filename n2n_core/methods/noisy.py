@@ -15,6 +15,7 @@ class NoisyConfig(MethodConfigBase):
 class Noisy(Method):
     """Identity denoiser: scores the noisy input itself."""
 
+    Config = NoisyConfig
     trainable: ClassVar[bool] = False
 
     def build_model(self, rng=None) -> None:

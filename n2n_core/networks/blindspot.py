@@ -134,8 +134,9 @@ class BlindSpotUNet(nn.Module):
     """The blind-spot net of METHODS.md §4: (N, in_channels, S, S) → (N, n_out, S, S), 32 | S.
 
     Args:
-        n_out: output channels (3 for μ-only, 9 for SSDN full covariance).
-        in_channels: image channels.
+        n_out: output channels (C for μ-only, 9 for SSDN full covariance, 2 for greyscale SSDN).
+        in_channels: image channels C (3 RGB, 1 greyscale), also the width of the image skip that
+            the last decoder stage concatenates (96 + C).
         zero_init_last: zero the last layer's weights and bias.
         rng: generator for the He-normal init; None uses torch's default generator.
     """
@@ -149,6 +150,7 @@ class BlindSpotUNet(nn.Module):
         rng: torch.Generator | None = None,
     ):
         super().__init__()
+        self.in_channels = in_channels
         self.body = UNetBody(in_channels, upward_conv3x3, upward_max_pool2x2)
         self.head = make_head([N_VIEWS * DEC_CH, N_VIEWS * DEC_CH, DEC_CH], n_out)
         init_network_(self, self.head[-1], zero_init_last, rng)
@@ -156,7 +158,7 @@ class BlindSpotUNet(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """The head's input, (N, 384, S, S); channel block k is from the view rotated by k·90°."""
-        check_image_batch(x, "BlindSpotUNet")
+        check_image_batch(x, "BlindSpotUNet", self.in_channels)
         size = x.shape[-1]
         if x.shape[-2] != size:
             raise ValueError(

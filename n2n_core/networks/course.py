@@ -125,8 +125,8 @@ class StridedUNet(nn.Module):
         self.dec0 = block(2 * c, c)
         self.out = conv3x3(c, 3)
 
-    def forward(self, x: Tensor) -> Tensor:  # (N, 3, H, W), H and W multiples of 4
-        s0 = self.enc0(x)
+    def forward(self, x: Tensor, rng: torch.Generator | None = None) -> Tensor:  # sides multiples of 4
+        s0 = self.enc0(x)  # rng unused: no dropout here (course U-Nets share one signature)
         s1 = self.enc1(self.down1(s0))
         h = self.mid(self.down2(s1))
         h = self.dec1(torch.cat([self.up2(h), s1], dim=1))
@@ -143,8 +143,6 @@ class ResidualUNet(StridedUNet):
 
 class BNDropoutUNet(nn.Module):
     """Two pooling encoder blocks, four transposed-convolution decoder blocks (report B)."""
-
-    takes_rng = True  # dropout masks come from the generator passed to forward
 
     def __init__(self, channels: int = 32, p: float = DROPOUT):
         super().__init__()
@@ -191,8 +189,8 @@ class PReLUUNet(nn.Module):
         )
         self.out = nn.Sequential(conv3x3(c2, c), nn.PReLU(), conv3x3(c, 3), nn.Sigmoid())
 
-    def forward(self, x: Tensor) -> Tensor:  # (N, 3, H, W), H and W multiples of 16
-        skips = [x]
+    def forward(self, x: Tensor, rng: torch.Generator | None = None) -> Tensor:  # sides multiples of 16
+        skips = [x]  # rng unused: no dropout here (course U-Nets share one signature)
         h = self.inc(x)
         for block in self.enc:
             h = F.max_pool2d(block(h), 2)

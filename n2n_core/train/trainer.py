@@ -9,10 +9,9 @@ by images seen, so a checkpoint needs only weights, optimizer, EMA and counters 
 from __future__ import annotations
 
 import copy
-import ctypes
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..data.train_stream import CropStream
 from ..errors import CheckpointError, N2NError
-from ..methods.base import Method, Rngs
+from ..methods.base import Method, Step
 from ..seeding import derive_seed, make_generator
 from ..tracking import NullTracker, Tracker
 from . import distributed
@@ -34,6 +33,9 @@ class TrainingDiverged(N2NError):
     """Too many consecutive steps with a non-finite gradient."""
 
 
+LOG_EVERY_STEPS = 10  # metrics (and the loss read back from the device) every this many steps
+
+
 @dataclass
 class TrainState:
     images_seen: int = 0
@@ -42,31 +44,38 @@ class TrainState:
     seconds: float = 0.0  # training wall time, summed over resumed segments
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, glibc's malloc.h
+@dataclass
+class StepOutput:
+    images: int  # images this step spent (a skipped step spends them too)
+    loss: torch.Tensor  # detached, on the training device: read back only when logged
+    logs: Mapping[str, torch.Tensor]  # the method's LossOutput.logs
+
+    def loss_value(self) -> float:
+        return float(self.loss)
 
 
-def keep_freed_memory() -> bool:
-    """On Linux glibc, stop malloc from handing large freed blocks back to the OS; True if applied.
+class Clock:
+    """Training wall time that resumes from a saved total and excludes paused stretches."""
 
-    PyTorch's CPU tensors come from malloc. glibc serves blocks above its mmap threshold (at most
-    32 MB; a step's activations at 128² are 25–100 MB) with a fresh mmap and unmaps them on free,
-    so every training step page-faults all of its activations in again and the kernel zero-fills
-    them page by page: cloning a 100 MB tensor ran at 1.0–1.2 GB/s here, 2.9 GB/s with this, and
-    whole CPU training steps took 0.86× the time (benchmarks/perf/README.md). The cost: the
-    process keeps its peak memory. Process-wide and idempotent; elsewhere (macOS, musl) a no-op.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    def __init__(self, already: float = 0.0):
+        self._start = time.perf_counter() - already
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self._start
+
+    @contextmanager
+    def paused(self):
+        """Validation and checkpoint writing do not count as training time."""
+        paused = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._start += time.perf_counter() - paused
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam(β1 0.9, β2 0.99, ε 1e-8) as in the paper (METHODS.md §2)."""
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), eps=1e-8)
+def crossed(before: int, after: int, every: int) -> bool:
+    """True when a step from `before` to `after` images passed a multiple of `every`."""
+    return before // every != after // every
 
 
 _SUMMABLE = (torch.float32, torch.float16, torch.bfloat16)  # finite sums of these fit in float64
@@ -86,9 +95,8 @@ def tensors_are_finite(tensors: list[torch.Tensor]) -> bool:
         return True
     if all(t.dtype in _SUMMABLE for t in tensors):
         # Σ of each tensor in float64: finite float32 values (< 3.5e38, fewer than 2³¹ of them)
-        # cannot overflow it, and one inf or NaN makes the total inf or NaN. One pass per tensor
-        # instead of isfinite's four (==, abs, !=, all): 1.8 ms instead of 5.0 ms for the U-Net's
-        # 40 gradients on this project's 2-core CPU, 1.5 % of a 64² step.
+        # cannot overflow it, and one inf or NaN makes the total inf or NaN; one pass per tensor
+        # instead of isfinite's four (benchmarks/perf/README.md, item 7).
         total = torch.stack([t.sum(dtype=torch.float64) for t in tensors]).sum()
         return bool(total.isfinite())
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors if t.is_floating_point()]).all())
@@ -120,20 +128,12 @@ class Trainer:
         if dist is not None and not dist.is_main:
             self.tracker, self.validate, self.progress = NullTracker(), None, False
 
-    def _refuse_non_finite(self, model, ema, state: TrainState) -> None:
-        """Stop a run whose weights (or their average) are no longer finite: saving or scoring them
-        would pass garbage off as a result. The last checkpoint on disk is still a finite one."""
-        if not weights_are_finite(model, ema):
-            raise TrainingDiverged(
-                f"the weights are not finite any more at {state.images_seen} images (an optimizer step "
-                "overflowed); lower train.lr; the last checkpoint written before is kept"
-            )
-
-    def rngs(self, step: int) -> Rngs:
-        """Fresh generators for step `step` (noise drawn on the training device)."""
-        return Rngs(
+    def step_context(self, step: int, images_seen: int) -> Step:
+        """Fresh generators for step `step` (noise drawn on the training device) and its progress."""
+        return Step(
             noise=make_generator(derive_seed(self.seed, "noise", step), self.device),
             method=make_generator(derive_seed(self.seed, "method", step), self.device),
+            images_seen=images_seen, budget_images=self.cfg.budget_images, index=step,
         )
 
     def _autocast(self):
@@ -154,7 +154,10 @@ class Trainer:
             "ema": ema.state_dict() if ema is not None else None,
         }
 
-    def _restore(self, path: Path, model, optimizer, ema) -> TrainState:
+    def _restore(self, path: Path | None, model, optimizer, ema) -> TrainState:
+        """Counters (and weights, optimizer, EMA) of the checkpoint at path; a fresh state without one."""
+        if path is None or not (Path(path).exists() or Path(str(path) + ".prev").exists()):
+            return TrainState()
         saved = load_checkpoint(path, map_location=self.device)
         if self.identity and saved.get("identity") != self.identity:
             raise CheckpointError(
@@ -171,67 +174,82 @@ class Trainer:
         return TrainState(saved["images_seen"], saved["skipped_steps"],
                           saved["consecutive_skips"], saved["seconds"])
 
-    def fit(self, model: nn.Module, checkpoint_path: Path | None = None) -> nn.Module:
-        """Train to the budget (resuming from checkpoint_path if it exists); return the eval model."""
+    def fit(self, model: nn.Module, checkpoint_path: Path | None = None) -> tuple[nn.Module, TrainState]:
+        """Train to the budget, resuming from checkpoint_path if it exists; (eval model, final state).
+
+        The eval model is the weights' moving average when train.ema_decay is set, else the model.
+        """
         model.to(self.device).train()
-        if self.device.type == "cpu":
-            keep_freed_memory()  # CPU steps reuse their activation memory instead of faulting it in
-        # a method may bring its own optimizer (the scratch network's SGD); else Adam (§2)
-        optimizer = getattr(self.method, "make_optimizer", make_optimizer)(model, self.cfg)
+        optimizer = self.method.make_optimizer(model, self.cfg)  # the paper's Adam unless the method says
         ema = copy.deepcopy(model).eval().requires_grad_(False) if self.cfg.ema_decay else None
-        state = TrainState()
-        if checkpoint_path is not None and (Path(checkpoint_path).exists()
-                                            or Path(str(checkpoint_path) + ".prev").exists()):
-            state = self._restore(Path(checkpoint_path), model, optimizer, ema)
-        budget, batch = self.cfg.budget_images, self.cfg.batch_size
-        stepped = model  # what a step trains through: the model itself, or its DDP view
-        if self.dist is not None:
-            distributed.check_divisible(batch, budget, self.dist.world_size)
-            stepped = distributed.wrap(model, self.device)
+        state = self._restore(checkpoint_path, model, optimizer, ema)
+        stepped = self._distributed(model)  # the model itself, or its DDP view
+        budget, cfg = self.cfg.budget_images, self.cfg
+        clock = Clock(state.seconds)
+        with self._progress_bar(state) as bar:
+            while state.images_seen < budget:
+                before = state.images_seen
+                out = self._step(stepped, optimizer, ema, state, min(cfg.batch_size, budget - before))
+                state.images_seen += out.images
+                state.seconds = clock.seconds()
+                bar.update(out.images)
+                done = state.images_seen >= budget
+                if done or crossed(before, state.images_seen, cfg.batch_size * LOG_EVERY_STEPS):
+                    self._log(out, optimizer, state, bar)
+                if self.validate is not None and (done or crossed(before, state.images_seen,
+                                                                  cfg.validate_every_images)):
+                    with clock.paused():
+                        self.tracker.log_metrics({"val_psnr": self.validate(ema or model),
+                                                  "train_seconds": state.seconds}, step=state.images_seen)
+                if checkpoint_path is not None and (done or crossed(before, state.images_seen,
+                                                                    cfg.checkpoint_every_images)):
+                    with clock.paused():
+                        self._refuse_non_finite(model, ema, state)  # never checkpointed, never scored
+                        self._save(checkpoint_path, model, optimizer, ema, state)
+        self._refuse_non_finite(model, ema, state)
+        return (ema or model).eval(), state
+
+    def _refuse_non_finite(self, model, ema, state: TrainState) -> None:
+        """Stop a run whose weights (or their average) are no longer finite: saving or scoring them
+        would pass garbage off as a result. The last checkpoint on disk is still a finite one."""
+        if not weights_are_finite(model, ema):
+            raise TrainingDiverged(
+                f"the weights are not finite any more at {state.images_seen} images (an optimizer step "
+                "overflowed); lower train.lr; the last checkpoint written before is kept"
+            )
+
+    def _distributed(self, model: nn.Module) -> nn.Module:
+        if self.dist is None:
+            return model
+        distributed.check_divisible(self.cfg.batch_size, self.cfg.budget_images, self.dist.world_size)
+        return distributed.wrap(model, self.device)
+
+    def _progress_bar(self, state: TrainState):
         from tqdm import tqdm
 
-        bar = tqdm(total=budget, initial=state.images_seen, unit="img", disable=not self.progress,
-                   desc="train", dynamic_ncols=True, leave=False)
-        next_ckpt = (state.images_seen // self.cfg.checkpoint_every_images + 1) * self.cfg.checkpoint_every_images
-        next_val = (state.images_seen // self.cfg.validate_every_images + 1) * self.cfg.validate_every_images
-        started = time.perf_counter() - state.seconds
-        while state.images_seen < budget:
-            n = min(batch, budget - state.images_seen)
-            loss_value = self._step(stepped, optimizer, ema, state, n)
-            state.images_seen += n
-            state.seconds = time.perf_counter() - started
-            bar.update(n)
-            bar.set_postfix(loss=f"{loss_value:.4g}", refresh=False)
-            if state.images_seen % (batch * 10) == 0 or state.images_seen >= budget:
-                self.tracker.log_metrics(
-                    {"train_loss": loss_value, "lr": optimizer.param_groups[0]["lr"],
-                     "skipped_steps": state.skipped_steps,
-                     "images_per_s": state.images_seen / max(state.seconds, 1e-9)},
-                    step=state.images_seen,
-                )
-            if self.validate is not None and (state.images_seen >= next_val or state.images_seen >= budget):
-                next_val += self.cfg.validate_every_images
-                paused = time.perf_counter()
-                self.tracker.log_metrics({"val_psnr": self.validate(ema or model),
-                                          "train_seconds": state.seconds}, step=state.images_seen)
-                started += time.perf_counter() - paused  # train_seconds counts training only
-            if checkpoint_path is not None and (state.images_seen >= next_ckpt or state.images_seen >= budget):
-                next_ckpt += self.cfg.checkpoint_every_images
-                paused = time.perf_counter()
-                self._refuse_non_finite(model, ema, state)  # never checkpointed, never scored
-                if self.dist is None or self.dist.is_main:
-                    save_checkpoint(self._state_dict(model, optimizer, ema, state,
-                                                     finished=state.images_seen >= budget), checkpoint_path)
-                if self.dist is not None:
-                    distributed.barrier()  # the other ranks wait until the file is whole
-                started += time.perf_counter() - paused
-        bar.close()
-        self._refuse_non_finite(model, ema, state)
-        self.final_state = state
-        return (ema or model).eval()
+        return tqdm(total=self.cfg.budget_images, initial=state.images_seen, unit="img", leave=False,
+                    disable=not self.progress, desc="train", dynamic_ncols=True)
 
-    def _step(self, model, optimizer, ema, state: TrainState, n: int) -> float:
-        """One optimizer step on n images; a step with any non-finite gradient is skipped entirely.
+    def _log(self, out: StepOutput, optimizer, state: TrainState, bar) -> None:
+        """Metrics against images seen; reading the loss back is the only host sync it costs."""
+        loss = out.loss_value()
+        bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        self.tracker.log_metrics(
+            {"train_loss": loss, "lr": optimizer.param_groups[0]["lr"], "skipped_steps": state.skipped_steps,
+             "images_per_s": state.images_seen / max(state.seconds, 1e-9),
+             **{name: float(value) for name, value in out.logs.items()}},
+            step=state.images_seen,
+        )
+
+    def _save(self, path: Path, model, optimizer, ema, state: TrainState) -> None:
+        if self.dist is None or self.dist.is_main:
+            finished = state.images_seen >= self.cfg.budget_images
+            save_checkpoint(self._state_dict(model, optimizer, ema, state, finished), path)
+        if self.dist is not None:
+            distributed.barrier()  # the other ranks wait until the file is whole
+
+    def _step(self, model, optimizer, ema, state: TrainState, n: int) -> StepOutput:
+        """One optimizer step on n images; a step with a non-finite gradient or loss is skipped entirely.
 
         In a torchrun job every rank builds the same global pair and trains on its own rows of it
         (distributed.py); DDP averages the gradients, so all ranks skip or step together.
@@ -240,8 +258,8 @@ class Trainer:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(state.images_seen, self.cfg.budget_images, self.cfg.lr,
                                 self.cfg.ramp_up, self.cfg.ramp_down)
-        clean = self.stream.batch(state.images_seen, n).to(self.device, non_blocking=True)
-        pair = self.method.training_pair(clean, self.rngs(step))
+        pair = self.stream.training_pair(self.method, state.images_seen, n,
+                                         self.step_context(step, state.images_seen), self.device)
         if self.dist is not None:
             pair = distributed.shard_pair(pair, self.dist, n, self.seed, step)
         optimizer.zero_grad(set_to_none=True)
@@ -260,13 +278,14 @@ class Trainer:
                     f"{state.consecutive_skips} consecutive steps had a non-finite gradient or loss at "
                     f"{state.images_seen} images; lower train.lr or check the data"
                 )
-            return float("nan")
+            return StepOutput(n, torch.tensor(float("nan")), {})
         state.consecutive_skips = 0
         optimizer.step()
         if ema is not None:
             with torch.no_grad():
                 decay = self.method.ema_decay(self.cfg.ema_decay, step)
                 torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+        loss = out.loss.detach()
         if self.dist is not None:
-            return distributed.mean_over_ranks(out.loss)  # the global batch's loss
-        return float(out.loss.detach())
+            loss = torch.tensor(distributed.mean_over_ranks(loss))  # the global batch's loss
+        return StepOutput(n, loss, out.logs)

@@ -1,0 +1,390 @@
+"""One job of a grid or sweep: skip it when finished, else train and score it inside an MLflow run.
+
+A job's identity is its configuration hash: a job whose hash already has a FINISHED run is
+skipped; an interrupted one resumes from the checkpoint in its run folder; a failing one is marked
+FAILED (with its error and traceback as tags) and the caller goes on. Every executor
+(`run_local` here, `ray_executor.run_ray`) runs jobs through the same `Attempt`, so skipping,
+resuming and failure marking are one piece of code.
+
+Two processes never train one job twice: a job trains only while its process holds the run
+folder's lock (n2n_core/train/checkpoint.py run_folder_lock), and one whose folder is locked, or
+whose RUNNING run belongs to a live process, is "busy" (reported as running elsewhere). Every run
+records the host and process that own it, so a run a SIGKILL left RUNNING can be marked KILLED
+by the next grid (close_orphans).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tqdm import tqdm
+
+from n2n_core.config import ExperimentConfig, check_training_memory
+from n2n_core.data.sets import resolve_set
+from n2n_core.device import resolve_device
+from n2n_core.errors import N2NError
+from n2n_core.methods import external, method_class
+from n2n_core.train.checkpoint import RunFolderBusy, checkpoint_progress, run_folder_lock
+
+from . import artefacts, paths, training
+from .compose import run_dir
+from .mlflow_tracker import MlflowTracker, TrackingError, open_store
+
+
+@dataclass
+class Job:
+    variant: str
+    config: ExperimentConfig
+    eval_id: str | None = None  # the released experiment list's id (grid --table paper)
+
+
+def git_commit() -> str:
+    root = paths.clone_root()  # an installed copy is no checkout: never ask git about site-packages
+    if root is None:
+        return "unknown"
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def data_digest(cfg: ExperimentConfig, data_dir: Path) -> str:
+    """sha256 over the (sorted) file hashes or names of every set the job reads."""
+    digest = hashlib.sha256()
+    for name in sorted({cfg.train.train_set, cfg.train.validation_set, *cfg.eval.sets}):
+        image_set = resolve_set(name, data_dir)
+        for path, sha in zip(image_set.paths, image_set.sha256):
+            digest.update(f"{name}:{path.name}:{sha}".encode())
+    return digest.hexdigest()
+
+
+def package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "missing"
+
+
+def job_tags(job: Job, data_dir: Path) -> dict[str, str]:
+    cfg = job.config
+    return {
+        "method": cfg.method.name, "variant": job.variant, "noise": cfg.noise,
+        "profile": cfg.profile, "config_hash": cfg.config_hash(), "git_commit": git_commit(),
+        "torch_version": torch.__version__, "numpy_version": np.__version__,
+        "bm3d_version": package_version("bm3d"), "python_version": platform.python_version(),
+        "device": str(resolve_device(cfg.train.device)), "data_sha256": data_digest(cfg, data_dir),
+        "torch_threads": str(torch.get_num_threads()),
+        **({"method_source": cfg.method_source.spec} if cfg.method_source else {}),
+        **({"eval_id": job.eval_id} if job.eval_id else {}),
+    }
+
+
+def finished_run(client, experiment_id: str, config_hash: str):
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+# ------------------------------------------------------------------ who owns a RUNNING run
+
+
+def _start_ticks(pid: int | str) -> str:
+    """The process's start time since boot (/proc/PID/stat field 22), '' where unknown: with the
+    pid it names one process, even after the pid is reused."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def process_tags() -> dict[str, str]:
+    """Tags naming this process as the owner of a run (checked by process_alive)."""
+    return {"n2n.host": socket.gethostname(), "n2n.pid": str(os.getpid()), "n2n.pid_start": _start_ticks(os.getpid())}
+
+
+def process_alive(tags: dict) -> bool | None:
+    """Is the process a run's tags name still running? None where this machine cannot tell
+    (another host, or a run logged before these tags existed)."""
+    pid = tags.get("n2n.pid")
+    if tags.get("n2n.host") != socket.gethostname() or not pid:
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    except (ValueError, OverflowError):
+        return None
+    start = tags.get("n2n.pid_start")
+    return not (start and _start_ticks(pid) != start)  # a reused pid is another process
+
+
+def close_orphans(client, experiment_id: str, jobs: list[Job], noise: str, profile: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of these jobs (and grid parents of this noise and profile) whose
+    process on this machine is gone, e.g. after a SIGKILL; return (and print) a line for each."""
+    hashes = {job.config.config_hash() for job in jobs}
+    closed = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                  max_results=5000):
+        tags = run.data.tags
+        is_job = tags.get("config_hash") in hashes
+        is_grid = tags.get("grid") == "1" and tags.get("noise") == noise and tags.get("profile") == profile
+        if not (is_job or is_grid) or process_alive(tags) is not False:
+            continue
+        client.set_tag(run.info.run_id, "error", f"its process (pid {tags['n2n.pid']} on {tags['n2n.host']}) "
+                       "ended without closing the run (SIGKILL, power cut); marked KILLED by the next grid")
+        client.set_terminated(run.info.run_id, "KILLED")
+        closed.append(f"{tags.get('variant', 'grid')} run {run.info.run_id} (left RUNNING by pid {tags['n2n.pid']})")
+        tqdm.write(f"marked KILLED: {closed[-1]}", file=sys.stderr)  # now: this grid may be stopped too
+    return closed
+
+
+def running_elsewhere(client, experiment_id: str, config_hash: str) -> str | None:
+    """'pid N on HOST' when a live process other than this one runs this configuration now."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.config_hash = '{config_hash}' and "
+                              "attributes.status = 'RUNNING'", max_results=100)
+    for run in runs:
+        tags = run.data.tags
+        if process_alive(tags) and tags.get("n2n.pid") != str(os.getpid()):
+            return f"pid {tags['n2n.pid']} on {tags['n2n.host']}"
+    return None
+
+
+# ------------------------------------------------------------------ messages for stops and resumes
+
+
+def resume_note(variant: str, out_dir: Path, cfg: ExperimentConfig) -> str | None:
+    """'resuming VARIANT from N of M images' when out_dir holds an unfinished checkpoint of cfg."""
+    progress = checkpoint_progress(out_dir / "checkpoint.pt", identity=cfg.config_hash())
+    if progress is None or progress[1]:
+        return None
+    return f"resuming {variant} from {progress[0]} of {cfg.train.budget_images} images"
+
+
+def interruption_note(variant: str, out_dir: Path, cfg: ExperimentConfig) -> str:
+    """What an interrupted job kept: the images of its last checkpoint, the way to go on."""
+    if not method_class(cfg.method.name, cfg.method_source).trainable:
+        return f"{variant}: interrupted while scoring; rerun the same command to score it"
+    progress = checkpoint_progress(out_dir / "checkpoint.pt", identity=cfg.config_hash())
+    seen = progress[0] if progress else 0
+    return f"{variant}: interrupted at {seen} of {cfg.train.budget_images} images; rerun the same command to resume"
+
+
+def check_jobs(jobs: list[Job], data_dir: Path, check_device: bool = True) -> None:
+    """Refuse, before any store or run exists, a grid whose every job would fail at its start
+    (an unknown or missing evaluation set, CUDA asked for and absent, crops too large)."""
+    first = None
+    for job in jobs:
+        try:
+            data_digest(job.config, data_dir)
+            if check_device:
+                device = resolve_device(job.config.train.device)
+                if method_class(job.config.method.name, job.config.method_source).trainable:
+                    check_training_memory(job.config.train, device)
+            return  # one job can run: the others' problems are theirs, reported per job
+        except N2NError as err:
+            first = first or err
+    if first is not None:
+        raise first
+
+
+def run_job(client, experiment_id: str, parent_id: str, job: Job, runs_root: Path,
+            data_dir: Path, progress: bool) -> None:
+    """Train and score one job inside its own child run; mark the run FAILED on any error."""
+    cfg = job.config
+    tags = {"mlflow.parentRunId": parent_id, **job_tags(job, data_dir), **process_tags()}
+    run = client.create_run(experiment_id, run_name=f"{job.variant} {cfg.noise}", tags=tags)
+    tracker = MlflowTracker(client, run.info.run_id)
+    out_dir = run_dir(job.variant, cfg, runs_root)
+    try:
+        tracker.log_params(cfg.flat())
+        out_dir.mkdir(parents=True, exist_ok=True)
+        note = resume_note(job.variant, out_dir, cfg)
+        if note:
+            tqdm.write(note, file=sys.stderr)  # above the grid's progress bar, not inside it
+        started = time.time()
+        cached = method_class(cfg.method.name, cfg.method_source).with_cache_dir(
+            cfg.method, str(runs_root / f"{cfg.method.name}-cache"))
+        cfg = cfg.model_copy(update={"method": cached})  # a result cache is not part of the identity
+        result = training.train(cfg, out_dir, tracker=tracker, data_dir=data_dir, progress=progress)
+        tracker.flush()
+        scores = artefacts.score_all(result, out_dir, data_dir, progress=progress)
+        for name, evaluation in scores.items():
+            tracker.log_metrics({f"psnr_{name}": evaluation.psnr_mean,
+                                 f"n_evaluations_{name}": evaluation.n_evaluations}, step=result.images_seen)
+        tracker.log_metrics({"train_seconds": result.seconds, "job_seconds": time.time() - started,
+                             "images_seen": result.images_seen,
+                             "skipped_steps_total": result.skipped_steps}, step=result.images_seen)
+        tracker.flush()
+        for path in sorted(out_dir.glob("*")):  # glob("*") leaves out dot files (the folder's .lock)
+            if path.is_file() and not path.name.endswith((".tmp", ".prev")):
+                tracker.log_artifact(path)
+        if cfg.method_source is not None:  # the external method's code, beside its results
+            tracker.log_artifact(external.source_file(cfg.method_source.spec), "method")
+        if tracker.broken is not None:  # never a silent loss: the job fails, naming what is missing
+            raise tracker.not_logged_error(out_dir)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    except BaseException as err:
+        if isinstance(err, KeyboardInterrupt):  # for the command's last line (cli.friendly_errors)
+            err.n2n_note = interruption_note(job.variant, out_dir, cfg)
+        if tracker.broken is not None:  # one bounded attempt: the server may be back
+            try:
+                client.set_terminated(run.info.run_id, "FAILED")
+            except Exception:
+                pass
+            raise
+        try:
+            client.set_tag(run.info.run_id, "error", f"{type(err).__name__}: {err}"[:5000])
+            client.set_tag(run.info.run_id, "traceback", traceback.format_exc()[-5000:])
+            client.set_terminated(run.info.run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        except Exception:
+            print(f"could not mark run {run.info.run_id} failed in MLflow", file=sys.stderr)
+        raise
+
+
+def attempt_job(client, experiment_id: str, parent_id: str, job: Job, runs_root: Path,
+                data_dir: Path, progress: bool) -> tuple[str, str]:
+    """Skip a job whose configuration already has a FINISHED run, else run it (resuming its
+    checkpoint); ("skipped" | "ran" | "busy" | "failed", why).
+
+    "busy": another live process is running the job (its run folder is locked, or its RUNNING run
+    names a live process); it is not trained a second time here."""
+    config_hash = job.config.config_hash()
+    try:
+        if finished_run(client, experiment_id, config_hash) is not None:
+            return "skipped", ""
+        holder = running_elsewhere(client, experiment_id, config_hash)
+        if holder is not None:
+            return "busy", f"its run is RUNNING in {holder}"
+        with run_folder_lock(run_dir(job.variant, job.config, runs_root)):
+            if finished_run(client, experiment_id, config_hash) is not None:  # finished while we looked
+                return "skipped", ""
+            run_job(client, experiment_id, parent_id, job, runs_root, data_dir, progress)
+        return "ran", ""
+    except KeyboardInterrupt:
+        raise
+    except RunFolderBusy as err:
+        return "busy", str(err)
+    except Exception as err:  # one broken job must not sink the grid
+        return "failed", f"{type(err).__name__}: {err}"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """`attempt_job` with everything but the job bound; plain data, so it can travel to a worker,
+    which opens the tracking store itself (once per process)."""
+
+    tracking_uri: str
+    experiment: str
+    parent_id: str
+    runs_root: Path
+    data_dir: Path
+    progress: bool = True
+
+    def __call__(self, job: Job) -> tuple[str, str]:
+        try:
+            client, experiment_id = _store(self.tracking_uri, self.experiment)
+        except TrackingError as err:
+            return "failed", f"{type(err).__name__}: {err}"
+        return attempt_job(client, experiment_id, self.parent_id, job, self.runs_root,
+                           self.data_dir, self.progress)
+
+    def finished(self, job: Job) -> bool:
+        """True when the job would be skipped (a store hiccup counts as not finished)."""
+        try:
+            client, experiment_id = _store(self.tracking_uri, self.experiment)
+            return finished_run(client, experiment_id, job.config.config_hash()) is not None
+        except Exception:
+            return False
+
+
+_stores: dict[tuple[str, str], tuple] = {}
+
+
+def _store(uri: str, experiment: str):
+    key = (uri, experiment)
+    if key not in _stores:
+        _stores[key] = open_store(uri, experiment)
+    return _stores[key]
+
+
+def run_local(jobs: Iterable[Job], attempt: Attempt) -> Iterator[tuple[Job, tuple[str, str]]]:
+    """One job after another in this process; each runs when the caller asks for its outcome."""
+    for job in jobs:
+        yield job, attempt(job)
+
+
+def _init_worker(threads: int) -> None:
+    """A parallel grid's worker: `threads` intra-op threads, and CBM3D's pool sized to the same share."""
+    os.environ["N2N_CORES"] = str(threads)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    torch.set_num_threads(threads)
+
+
+def _attempt_in_worker(attempt: Attempt, variant: str, config_json: str, eval_id: str | None):
+    # the configuration travels as JSON: an external method's class is imported again from its
+    # recorded file in the worker (a pickled instance of it would not unpickle there)
+    job = Job(variant, ExperimentConfig.model_validate_json(config_json), eval_id)
+    return attempt(job)
+
+
+def run_parallel(jobs: Iterable[Job], attempt: Attempt, workers: int = 2,
+                 threads: int = 1) -> Iterator[tuple[Job, tuple[str, str]]]:
+    """`workers` jobs at once, each in its own process with `threads` threads (workers × threads =
+    the cores given); outcomes in the order jobs finish. Finished jobs are reported without a slot.
+
+    A standard-library process pool (spawn: no inherited torch thread state); every process writes
+    to the one tracking store through its own client.
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    attempt = dataclasses.replace(attempt, progress=False)  # one display: the grid's own bar
+    todo = []
+    for job in jobs:
+        if attempt.finished(job):
+            yield job, ("skipped", "")
+        else:
+            todo.append(job)
+    if not todo:
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context,
+                             initializer=_init_worker, initargs=(threads,)) as pool:
+        pending = {pool.submit(_attempt_in_worker, attempt, job.variant, job.config.model_dump_json(),
+                               job.eval_id): job for job in todo}
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    job = pending.pop(future)
+                    try:
+                        outcome = future.result()
+                    except Exception as err:  # the worker process died (killed, out of memory)
+                        outcome = ("failed", f"{type(err).__name__}: {err}")
+                    yield job, outcome
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
