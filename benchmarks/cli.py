@@ -1,13 +1,19 @@
 """The `n2n-bench` command line: parses options, calls the library, prints results.
 
 Every user-fixable problem (an N2NError or a configuration validation error) is printed as one
-line on stderr with exit code 2, never as a traceback.
+line on stderr with exit code 2, never as a traceback. Ctrl-C and SIGTERM (what Slurm, `timeout`,
+Ray and `docker stop` send) stop a command the same way: the last checkpoint is kept, MLflow runs
+are marked KILLED, the last line says how far training got and how to resume, and the exit code
+is 130 (SIGINT) or 143 (SIGTERM), as a shell reports a process killed by that signal.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -54,8 +60,28 @@ def _one_line_validation(err: ValidationError) -> str:
     return "invalid configuration: " + "; ".join(parts)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that it unwinds exactly as Ctrl-C does."""
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: let the clean-up finish
+    raise Terminated()
+
+
+def _close_progress_bars() -> None:
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # a bar half torn down by the interruption: nothing left to draw
+            pass
+
+
 def friendly_errors(fn):
-    """Turn user-fixable errors into one line on stderr and exit code 2."""
+    """Turn user-fixable errors into one line on stderr and exit code 2; an interruption into its
+    note (set by the code that was interrupted) and exit code 130 / 143."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -65,9 +91,43 @@ def friendly_errors(fn):
             typer.echo(f"error: {err}", err=True)
         except ValidationError as err:
             typer.echo(f"error: {_one_line_validation(err)}", err=True)
+        except KeyboardInterrupt as err:
+            _close_progress_bars()  # now, not at exit, where clearing them could overwrite the note
+            typer.echo("\n" + getattr(err, "n2n_note", "interrupted; rerun the same command"), err=True)
+            raise typer.Exit(128 + (signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT)) from None
         raise typer.Exit(2)
 
     return wrapper
+
+
+def json_line(value) -> str:
+    """One line of strictly valid JSON: a non-finite number (an infinite PSNR) becomes null."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(value), allow_nan=False)
+
+
+def writable_folder(path: Path, option: str) -> Path:
+    """Refuse, before any work starts, a folder option that cannot become a folder this process may
+    write: one that is a file or lies under one, or whose nearest existing parent is read-only."""
+    from n2n_core.errors import StorageError
+
+    probe = Path(path)
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise StorageError(f"{option} {path}: {probe} is a file, not a folder; pass a folder path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise StorageError(f"{option} {path}: {probe} is not writable (read-only or no permission); "
+                           "pass a folder you can write")
+    return Path(path)
 
 
 def _data_dir(value: Optional[Path]) -> Path:
@@ -100,7 +160,7 @@ def evaluate(
         progress=sys.stderr.isatty() or not json_out, center_crop=center_crop, max_images=max_images,
     )
     if json_out:
-        typer.echo(json.dumps(summary))
+        typer.echo(json_line(summary))
     else:
         typer.echo(
             f"{summary['method']} on {summary['dataset']} with {summary['noise']}: "
@@ -117,7 +177,7 @@ def train(
     profile: str = typer.Option("quick", help="smoke, quick, reproduction or paper"),
     overrides: list[str] = typer.Option([], "--set", help="section.key=value, e.g. train.lr=1e-4"),
     seed: Optional[int] = typer.Option(None, help="training seed (default: the profile's, 0)"),
-    out: Optional[Path] = typer.Option(None, help="run folder (default runs/<variant>-<noise>-<profile>-<hash>)"),
+    out: Optional[Path] = typer.Option(None, help="run folder (default runs/<variant>-<noise>-<profile>-<hash> of the project)"),
     data_dir: Optional[Path] = typer.Option(None, help="data directory (default $N2N_DATA)"),
     json_out: bool = typer.Option(False, "--json", help="last stdout line: one JSON object"),
     nproc: int = typer.Option(1, min=1, help="data-parallel processes (torchrun; one per GPU on CUDA)"),
@@ -127,24 +187,41 @@ def train(
     With --nproc N (or when started by `torchrun --nproc_per_node N -m benchmarks.cli train`), each
     global minibatch is split across N processes and their gradients averaged (DDP).
     """
+    from benchmarks import paths
     from benchmarks.compose import compose_config, run_dir, variant_name
-    from benchmarks.mlflow_tracker import PROJECT_ROOT
+    from benchmarks.jobs import interruption_note, resume_note
     from benchmarks.training import train as train_run
+    from n2n_core.config import check_training_memory
+    from n2n_core.device import resolve_device
     from n2n_core.train import distributed
+    from n2n_core.train.checkpoint import run_folder_lock
 
     cfg = compose_config(profile, method, noise, overrides, seed=seed)
-    out_dir = out if out is not None else run_dir(variant_name(method), cfg, PROJECT_ROOT / "runs")
+    out_dir = writable_folder(out if out is not None else run_dir(variant_name(method), cfg, paths.runs_root()),
+                              "--out")
+    check_training_memory(cfg.train, resolve_device(cfg.train.device))
     if nproc > 1 and distributed.env_world_size() == 1:
         distributed.check_divisible(cfg.train.batch_size, cfg.train.budget_images, nproc)
         argv = ["--method", method, "--noise", noise, "--profile", profile, "--out", str(out_dir),
                 *[a for o in overrides for a in ("--set", o)], *(["--seed", str(seed)] if seed is not None else []),
                 *(["--data-dir", str(data_dir)] if data_dir is not None else []), *(["--json"] if json_out else [])]
         raise typer.Exit(distributed.launch(nproc, ["-m", "benchmarks.cli", "train", *argv]))
+    main_rank = distributed.env_rank() == 0
+    # one process per run folder (the torchrun ranks of one run share rank 0's)
+    lock = run_folder_lock(out_dir) if main_rank else _no_lock()
     try:
-        result = train_run(cfg, out_dir, data_dir=_data_dir(data_dir), progress=sys.stderr.isatty() or not json_out)
+        with lock:
+            note = resume_note(method, out_dir, cfg) if main_rank else None
+            if note:
+                typer.echo(note, err=True)
+            result = train_run(cfg, out_dir, data_dir=_data_dir(data_dir),
+                               progress=sys.stderr.isatty() or not json_out)
+    except KeyboardInterrupt as err:
+        err.n2n_note = interruption_note(method, out_dir, cfg)
+        raise
     finally:
         distributed.shutdown()
-    if distributed.env_rank() != 0:
+    if not main_rank:
         return  # rank 0 reports for the job
     summary = {
         "checkpoint": str(result.checkpoint) if result.checkpoint else None,
@@ -152,8 +229,14 @@ def train(
         "train_seconds": round(result.seconds, 3), "method": cfg.method.name, "noise": cfg.noise,
         "profile": profile, "config_hash": cfg.config_hash(),
     }
-    typer.echo(json.dumps(summary) if json_out else
+    typer.echo(json_line(summary) if json_out else
                f"trained {cfg.method.name} on {cfg.noise}: {result.images_seen} images -> {result.checkpoint}")
+
+
+def _no_lock():
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 @app.command()
@@ -164,11 +247,11 @@ def grid(
     methods: Optional[str] = typer.Option(None, help="comma-separated subset of the grid's variants, or path/to/m.py:Class"),
     table: str = typer.Option("default", help="default (grid.toml's variants) or paper (the released experiment list)"),
     overrides: list[str] = typer.Option([], "--set", help="section.key=value for every job"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default $MLFLOW_TRACKING_URI, else mlflow.db of the project)"),
     data_dir: Optional[Path] = typer.Option(None, help="data directory (default $N2N_DATA)"),
     report: bool = typer.Option(True, help="rebuild results/ from MLflow afterwards"),
-    out: Path = typer.Option(Path("results"), help="report folder"),
-    runs_dir: Optional[Path] = typer.Option(None, help="checkpoints and per-job files (default runs/)"),
+    out: Optional[Path] = typer.Option(None, help="report folder (default results/ of the project)"),
+    runs_dir: Optional[Path] = typer.Option(None, help="checkpoints and per-job files (default runs/ of the project)"),
     executor: str = typer.Option("local", help="local (jobs on this machine) or ray (a task per job)"),
     jobs: int = typer.Option(1, min=1, help="local: jobs at once, each with cores/jobs threads"),
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join, e.g. HEAD:6379 (default: a local Ray)"),
@@ -177,9 +260,12 @@ def grid(
     json_out: bool = typer.Option(False, "--json", help="with --dry-run: one JSON object per line"),
 ) -> None:
     """Train and score every method variant valid for a noise style; log every run to MLflow."""
+    from benchmarks import paths
     from benchmarks.grid import default_profile, make_executor, plan, run_grid, select_jobs
 
     profile = profile or default_profile()
+    out = writable_folder(out or paths.results_dir(), "--out")
+    runs_dir = writable_folder(runs_dir or paths.runs_root(), "--runs-dir")
     chosen = [m.strip() for m in methods.split(",")] if methods else None
     if dry_run:
         jobs, left_out = select_jobs(noise, profile, chosen, overrides, table)
@@ -196,14 +282,20 @@ def grid(
     for name, why in outcome.not_applicable.items():
         typer.echo(f"not applicable: {name} ({why})", err=True)
     typer.echo(f"grid {noise or table} {profile}: {len(outcome.ran)} ran, {len(outcome.skipped)} already finished, "
-               f"{len(outcome.failed)} failed", err=True)
+               f"{len(outcome.busy)} running elsewhere, {len(outcome.failed)} failed", err=True)
+    for name, why in outcome.busy.items():
+        typer.echo(f"running elsewhere, not run here: {name} ({why}); rerun once it is done to report it", err=True)
     for name, why in outcome.failed.items():  # before the report, which may fail on its own
         typer.echo(f"FAILED {name}: {why}", err=True)
     if report:
+        from benchmarks.mlflow_tracker import NoFinishedRuns
         from benchmarks.report import build_report
 
-        written = build_report(tracking_uri, out)
-        typer.echo(f"report: {len(written)} files in {out}", err=True)
+        try:
+            written = build_report(tracking_uri, out)
+            typer.echo(f"report: {len(written)} files in {out}", err=True)
+        except NoFinishedRuns:
+            typer.echo("report: no finished runs to report yet", err=True)
     if outcome.failed:
         raise typer.Exit(1)
 
@@ -216,10 +308,10 @@ def sweep(
     axes: list[str] = typer.Option(..., "--axis", help="section.key=v1,v2,... (repeat: the cells are the product)"),
     profile: str = typer.Option("quick", help="smoke, quick, reproduction or paper"),
     overrides: list[str] = typer.Option([], "--set", help="section.key=value for every cell (an axis wins)"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default $MLFLOW_TRACKING_URI, else mlflow.db of the project)"),
     data_dir: Optional[Path] = typer.Option(None, help="data directory (default $N2N_DATA)"),
-    out: Path = typer.Option(Path("results"), help="folder for the table and the figure"),
-    runs_dir: Optional[Path] = typer.Option(None, help="checkpoints and per-cell files (default runs/)"),
+    out: Optional[Path] = typer.Option(None, help="folder for the table and the figure (default results/ of the project)"),
+    runs_dir: Optional[Path] = typer.Option(None, help="checkpoints and per-cell files (default runs/ of the project)"),
 ) -> None:
     """Train one variant on every cell of the product of the axes; every cell is a run.
 
@@ -227,8 +319,11 @@ def sweep(
     Report B's grid: --method course-bn-dropout --axis train.batch_size=32,64,128
     --axis train.lr=1e-4,1e-3,2e-3 --axis method.loss=l1,l2
     """
+    from benchmarks import paths
     from benchmarks.sweep import best_cell, parse_axis, run_sweep
 
+    out = writable_folder(out or paths.results_dir(), "--out")
+    runs_dir = writable_folder(runs_dir or paths.runs_root(), "--runs-dir")
     outcome = run_sweep(method, noise, profile, [parse_axis(a) for a in axes], overrides, tracking_uri,
                         runs_root=runs_dir, data_dir=_data_dir(data_dir), out=out, progress=sys.stderr.isatty())
     for path in outcome.written:
@@ -247,12 +342,14 @@ def sweep(
 @app.command()
 @friendly_errors
 def report(
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"),
-    out: Path = typer.Option(Path("results"), help="report folder"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default $MLFLOW_TRACKING_URI, else mlflow.db of the project)"),
+    out: Optional[Path] = typer.Option(None, help="report folder (default results/ of the project)"),
 ) -> None:
     """Rebuild tables and figures under results/ from MLflow alone (no training)."""
+    from benchmarks import paths
     from benchmarks.report import build_report
 
+    out = writable_folder(out or paths.results_dir(), "--out")
     written = build_report(tracking_uri, out)
     typer.echo(f"report: {len(written)} files in {out}")
 
@@ -267,12 +364,19 @@ def download(
 ) -> None:
     """Download a data set into the data directory, verifying every file's sha256."""
     from n2n_core.data.download import download_set
+    from n2n_core.errors import DataError
 
-    target = download_set(name, _data_dir(data_dir), mirror=mirror, allow_unverified=allow_unverified)
+    folder = _data_dir(data_dir)
+    try:
+        target = download_set(name, folder, mirror=mirror, allow_unverified=allow_unverified)
+    except OSError as err:  # the data directory cannot be created or written
+        raise DataError(f"could not write into the data directory {folder} ({err.strerror or err}); set "
+                        "N2N_DATA (or --data-dir) to a folder you can write") from None
     typer.echo(f"{name}: ready in {target}")
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)  # handled like Ctrl-C (friendly_errors)
     app()
 
 

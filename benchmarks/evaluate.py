@@ -8,7 +8,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from n2n_core.device import resolve_device
-from n2n_core.errors import ConfigError
+from n2n_core.errors import CheckpointError, ConfigError
+from n2n_core.train.checkpoint import checkpoint_progress
+from n2n_core.train.trainer import weights_are_finite
 
 from .compose import compose_config
 from .scoring import evaluate_model, load_trained
@@ -18,10 +20,19 @@ def evaluate_command(*, noise, dataset, method, checkpoint, repeats, seed, devic
                      progress: bool, center_crop: int | None = None,
                      max_images: int | None = None) -> dict:
     torch_device = resolve_device(device)
+    trained = None  # (images seen, budget, finished) of a checkpoint
     if checkpoint is not None:
         cfg, the_method, model = load_trained(checkpoint, torch_device)
         name = cfg.method.name
         noise = noise or cfg.noise
+        if not weights_are_finite(model):
+            raise CheckpointError(f"checkpoint {checkpoint} holds weights that are not finite (NaN or inf: "
+                                  "its training diverged); retrain with a lower train.lr")
+        seen, finished = checkpoint_progress(checkpoint) or (cfg.train.budget_images, True)
+        trained = (seen, cfg.train.budget_images, finished)
+        if not finished:  # scored as asked, but never passed off as the finished run
+            print(f"warning: checkpoint {checkpoint} has trained {seen} of {cfg.train.budget_images} "
+                  "images (its run is unfinished); rerun its train command to finish it", file=sys.stderr)
     else:
         if noise is None:
             raise ConfigError("--noise is required unless --checkpoint is given")
@@ -52,5 +63,8 @@ def evaluate_command(*, noise, dataset, method, checkpoint, repeats, seed, devic
     finally:
         if bar is not None:
             bar.close()
-    return {"method": name, **result.summary(), "seed": seed,
-            "checkpoint": str(checkpoint) if checkpoint else None}
+    summary = {"method": name, **result.summary(), "seed": seed,
+               "checkpoint": str(checkpoint) if checkpoint else None}
+    if trained is not None:
+        summary.update(images_seen=trained[0], budget_images=trained[1], finished=trained[2])
+    return summary

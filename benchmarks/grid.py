@@ -25,9 +25,11 @@ from n2n_core.errors import N2NError, NoiseNotSupported
 from n2n_core.methods import external
 from n2n_core.noise import parse_style
 
+from . import paths
 from .compose import CONFIG_DIR, compose_config, variant_name
-from .jobs import Attempt, Job, finished_run, git_commit, run_local, run_parallel
-from .mlflow_tracker import EXPERIMENT, PROJECT_ROOT, default_tracking_uri, open_store
+from .jobs import (Attempt, Job, check_jobs, close_orphans, finished_run, git_commit, process_tags, run_local,
+                   run_parallel)
+from .mlflow_tracker import EXPERIMENT, default_tracking_uri, open_store
 
 GRID_FILE = CONFIG_DIR / "grid.toml"
 PAPER_FILE = CONFIG_DIR / "paper.toml"  # the released code's experiment list (config_lst)
@@ -42,6 +44,8 @@ class GridOutcome:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     not_applicable: dict[str, str] = field(default_factory=dict)
+    busy: dict[str, str] = field(default_factory=dict)  # running in another live process: not run here
+    closed: list[str] = field(default_factory=list)  # runs a killed process left RUNNING, now KILLED
 
 
 def expand(noise: str, profile: str, methods: list[str] | None = None,
@@ -163,15 +167,18 @@ def run_grid(noise: str | None, profile: str, methods: list[str] | None = None, 
              executor: Executor = run_local, table: str = "default") -> GridOutcome:
     """Run every job of the grid through `executor`; never stops at a failing job."""
     data_dir = data_dir or default_data_dir()
-    runs_root = runs_root or PROJECT_ROOT / "runs"
+    runs_root = runs_root or paths.runs_root()
     tracking_uri = tracking_uri or default_tracking_uri()
     jobs, left_out = select_jobs(noise, profile, methods, overrides, table)  # bad input: nothing written
+    here = executor is run_local or getattr(executor, "func", None) is run_parallel  # Ray nodes have their own devices
+    check_jobs(jobs, data_dir, check_device=here)  # a grid wrong for every job: refused, nothing written
     client, experiment_id = open_store(tracking_uri)  # before any compute: unreachable → one error
     outcome = GridOutcome(not_applicable=left_out)
     label = parse_style(noise).style if noise else "all"
+    outcome.closed = close_orphans(client, experiment_id, jobs, label, profile)
     parent = client.create_run(experiment_id, run_name=f"grid {table if table != 'default' else ''} {label} {profile}".replace("  ", " "),
                                tags={"grid": "1", "noise": label, "profile": profile, "table": table,
-                                     "git_commit": git_commit()})
+                                     "git_commit": git_commit(), **process_tags()})
     parent_id = parent.info.run_id
     attempt = Attempt(tracking_uri, EXPERIMENT, parent_id, Path(runs_root).resolve(),
                       Path(data_dir).resolve(), progress)
@@ -190,6 +197,8 @@ def run_grid(noise: str | None, profile: str, methods: list[str] | None = None, 
         status, why = by_variant[job.variant]
         if status == "failed":
             outcome.failed[job.variant] = why
+        elif status == "busy":
+            outcome.busy[job.variant] = why
         else:
             (outcome.ran if status == "ran" else outcome.skipped).append(job.variant)
     try:

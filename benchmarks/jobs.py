@@ -5,6 +5,12 @@ skipped; an interrupted one resumes from the checkpoint in its run folder; a fai
 FAILED (with its error and traceback as tags) and the caller goes on. Every executor
 (`run_local` here, `ray_executor.run_ray`) runs jobs through the same `Attempt`, so skipping,
 resuming and failure marking are one piece of code.
+
+Two processes never train one job twice: a job trains only while its process holds the run
+folder's lock (n2n_core/train/checkpoint.py run_folder_lock), and one whose folder is locked, or
+whose RUNNING run belongs to a live process, is "busy" (reported as running elsewhere). Every run
+records the host and process that own it, so a run a SIGKILL left RUNNING can be marked KILLED
+by the next grid (close_orphans).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import dataclasses
 import hashlib
 import os
 import platform
+import socket
 import subprocess
 import sys
 import time
@@ -25,14 +32,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from n2n_core.config import ExperimentConfig
+from tqdm import tqdm
+
+from n2n_core.config import ExperimentConfig, check_training_memory
 from n2n_core.data.sets import resolve_set
 from n2n_core.device import resolve_device
+from n2n_core.errors import N2NError
 from n2n_core.methods import external, method_class
+from n2n_core.train.checkpoint import RunFolderBusy, checkpoint_progress, run_folder_lock
 
-from . import artefacts, training
+from . import artefacts, paths, training
 from .compose import run_dir
-from .mlflow_tracker import PROJECT_ROOT, MlflowTracker, TrackingError, open_store
+from .mlflow_tracker import MlflowTracker, TrackingError, open_store
 
 
 @dataclass
@@ -43,8 +54,11 @@ class Job:
 
 
 def git_commit() -> str:
+    root = paths.clone_root()  # an installed copy is no checkout: never ask git about site-packages
+    if root is None:
+        return "unknown"
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                               text=True, timeout=10).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -90,17 +104,124 @@ def finished_run(client, experiment_id: str, config_hash: str):
     return runs[0] if runs else None
 
 
+# ------------------------------------------------------------------ who owns a RUNNING run
+
+
+def _start_ticks(pid: int | str) -> str:
+    """The process's start time since boot (/proc/PID/stat field 22), '' where unknown: with the
+    pid it names one process, even after the pid is reused."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def process_tags() -> dict[str, str]:
+    """Tags naming this process as the owner of a run (checked by process_alive)."""
+    return {"n2n.host": socket.gethostname(), "n2n.pid": str(os.getpid()), "n2n.pid_start": _start_ticks(os.getpid())}
+
+
+def process_alive(tags: dict) -> bool | None:
+    """Is the process a run's tags name still running? None where this machine cannot tell
+    (another host, or a run logged before these tags existed)."""
+    pid = tags.get("n2n.pid")
+    if tags.get("n2n.host") != socket.gethostname() or not pid:
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    except (ValueError, OverflowError):
+        return None
+    start = tags.get("n2n.pid_start")
+    return not (start and _start_ticks(pid) != start)  # a reused pid is another process
+
+
+def close_orphans(client, experiment_id: str, jobs: list[Job], noise: str, profile: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of these jobs (and grid parents of this noise and profile) whose
+    process on this machine is gone, e.g. after a SIGKILL; return (and print) a line for each."""
+    hashes = {job.config.config_hash() for job in jobs}
+    closed = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                  max_results=5000):
+        tags = run.data.tags
+        is_job = tags.get("config_hash") in hashes
+        is_grid = tags.get("grid") == "1" and tags.get("noise") == noise and tags.get("profile") == profile
+        if not (is_job or is_grid) or process_alive(tags) is not False:
+            continue
+        client.set_tag(run.info.run_id, "error", f"its process (pid {tags['n2n.pid']} on {tags['n2n.host']}) "
+                       "ended without closing the run (SIGKILL, power cut); marked KILLED by the next grid")
+        client.set_terminated(run.info.run_id, "KILLED")
+        closed.append(f"{tags.get('variant', 'grid')} run {run.info.run_id} (left RUNNING by pid {tags['n2n.pid']})")
+        tqdm.write(f"marked KILLED: {closed[-1]}", file=sys.stderr)  # now: this grid may be stopped too
+    return closed
+
+
+def running_elsewhere(client, experiment_id: str, config_hash: str) -> str | None:
+    """'pid N on HOST' when a live process other than this one runs this configuration now."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.config_hash = '{config_hash}' and "
+                              "attributes.status = 'RUNNING'", max_results=100)
+    for run in runs:
+        tags = run.data.tags
+        if process_alive(tags) and tags.get("n2n.pid") != str(os.getpid()):
+            return f"pid {tags['n2n.pid']} on {tags['n2n.host']}"
+    return None
+
+
+# ------------------------------------------------------------------ messages for stops and resumes
+
+
+def resume_note(variant: str, out_dir: Path, cfg: ExperimentConfig) -> str | None:
+    """'resuming VARIANT from N of M images' when out_dir holds an unfinished checkpoint of cfg."""
+    progress = checkpoint_progress(out_dir / "checkpoint.pt", identity=cfg.config_hash())
+    if progress is None or progress[1]:
+        return None
+    return f"resuming {variant} from {progress[0]} of {cfg.train.budget_images} images"
+
+
+def interruption_note(variant: str, out_dir: Path, cfg: ExperimentConfig) -> str:
+    """What an interrupted job kept: the images of its last checkpoint, the way to go on."""
+    if not method_class(cfg.method.name, cfg.method_source).trainable:
+        return f"{variant}: interrupted while scoring; rerun the same command to score it"
+    progress = checkpoint_progress(out_dir / "checkpoint.pt", identity=cfg.config_hash())
+    seen = progress[0] if progress else 0
+    return f"{variant}: interrupted at {seen} of {cfg.train.budget_images} images; rerun the same command to resume"
+
+
+def check_jobs(jobs: list[Job], data_dir: Path, check_device: bool = True) -> None:
+    """Refuse, before any store or run exists, a grid whose every job would fail at its start
+    (an unknown or missing evaluation set, CUDA asked for and absent, crops too large)."""
+    first = None
+    for job in jobs:
+        try:
+            data_digest(job.config, data_dir)
+            if check_device:
+                device = resolve_device(job.config.train.device)
+                if method_class(job.config.method.name, job.config.method_source).trainable:
+                    check_training_memory(job.config.train, device)
+            return  # one job can run: the others' problems are theirs, reported per job
+        except N2NError as err:
+            first = first or err
+    if first is not None:
+        raise first
+
+
 def run_job(client, experiment_id: str, parent_id: str, job: Job, runs_root: Path,
             data_dir: Path, progress: bool) -> None:
     """Train and score one job inside its own child run; mark the run FAILED on any error."""
     cfg = job.config
-    tags = {"mlflow.parentRunId": parent_id, **job_tags(job, data_dir)}
+    tags = {"mlflow.parentRunId": parent_id, **job_tags(job, data_dir), **process_tags()}
     run = client.create_run(experiment_id, run_name=f"{job.variant} {cfg.noise}", tags=tags)
     tracker = MlflowTracker(client, run.info.run_id)
+    out_dir = run_dir(job.variant, cfg, runs_root)
     try:
         tracker.log_params(cfg.flat())
-        out_dir = run_dir(job.variant, cfg, runs_root)
         out_dir.mkdir(parents=True, exist_ok=True)
+        note = resume_note(job.variant, out_dir, cfg)
+        if note:
+            tqdm.write(note, file=sys.stderr)  # above the grid's progress bar, not inside it
         started = time.time()
         cached = method_class(cfg.method.name, cfg.method_source).with_cache_dir(
             cfg.method, str(runs_root / f"{cfg.method.name}-cache"))
@@ -115,19 +236,17 @@ def run_job(client, experiment_id: str, parent_id: str, job: Job, runs_root: Pat
                              "images_seen": result.images_seen,
                              "skipped_steps_total": result.skipped_steps}, step=result.images_seen)
         tracker.flush()
-        for path in sorted(out_dir.glob("*")):
+        for path in sorted(out_dir.glob("*")):  # glob("*") leaves out dot files (the folder's .lock)
             if path.is_file() and not path.name.endswith((".tmp", ".prev")):
                 tracker.log_artifact(path)
         if cfg.method_source is not None:  # the external method's code, beside its results
             tracker.log_artifact(external.source_file(cfg.method_source.spec), "method")
         if tracker.broken is not None:  # never a silent loss: the job fails, naming what is missing
-            raise TrackingError(
-                f"the tracking server stopped answering ({tracker.broken}); not logged: "
-                f"{tracker.unlogged_summary()}; the checkpoint and scores are kept in {out_dir}; "
-                "rerun the same command once the server is back to log them"
-            )
+            raise tracker.not_logged_error(out_dir)
         client.set_terminated(run.info.run_id, "FINISHED")
     except BaseException as err:
+        if isinstance(err, KeyboardInterrupt):  # for the command's last line (cli.friendly_errors)
+            err.n2n_note = interruption_note(job.variant, out_dir, cfg)
         if tracker.broken is not None:  # one bounded attempt: the server may be back
             try:
                 client.set_terminated(run.info.run_id, "FAILED")
@@ -146,14 +265,26 @@ def run_job(client, experiment_id: str, parent_id: str, job: Job, runs_root: Pat
 def attempt_job(client, experiment_id: str, parent_id: str, job: Job, runs_root: Path,
                 data_dir: Path, progress: bool) -> tuple[str, str]:
     """Skip a job whose configuration already has a FINISHED run, else run it (resuming its
-    checkpoint); ("skipped" | "ran" | "failed", why)."""
+    checkpoint); ("skipped" | "ran" | "busy" | "failed", why).
+
+    "busy": another live process is running the job (its run folder is locked, or its RUNNING run
+    names a live process); it is not trained a second time here."""
+    config_hash = job.config.config_hash()
     try:
-        if finished_run(client, experiment_id, job.config.config_hash()) is not None:
+        if finished_run(client, experiment_id, config_hash) is not None:
             return "skipped", ""
-        run_job(client, experiment_id, parent_id, job, runs_root, data_dir, progress)
+        holder = running_elsewhere(client, experiment_id, config_hash)
+        if holder is not None:
+            return "busy", f"its run is RUNNING in {holder}"
+        with run_folder_lock(run_dir(job.variant, job.config, runs_root)):
+            if finished_run(client, experiment_id, config_hash) is not None:  # finished while we looked
+                return "skipped", ""
+            run_job(client, experiment_id, parent_id, job, runs_root, data_dir, progress)
         return "ran", ""
     except KeyboardInterrupt:
         raise
+    except RunFolderBusy as err:
+        return "busy", str(err)
     except Exception as err:  # one broken job must not sink the grid
         return "failed", f"{type(err).__name__}: {err}"
 

@@ -2,36 +2,122 @@
 
 Only `benchmarks/` imports MLflow. The store is checked before any compute starts, so an
 unreachable or malformed tracking URI is one clear error, not a failure an hour into a grid.
+
+Two commands may open one SQLite store at once: its creation (MLflow's schema migrations) runs
+under a file lock beside it (`mlflow.db.lock`), and a store left half-migrated by an older crash is
+named as such with the way out. Every HTTP request to a tracking server has an overall deadline
+(`$N2N_TRACKING_DEADLINE` seconds, default 120), so a server that trickles bytes cannot hang a
+command: MLflow's own timeout applies per read, not per request.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import os
+import socket
+import sqlite3
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from n2n_core.errors import N2NError, first_line
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from . import paths
+
+PROJECT_ROOT = paths.home()  # kept for older callers; new code asks benchmarks.paths
 EXPERIMENT = "n2n-bench"
 # Fail fast against a server that is down, instead of MLflow's minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+DEADLINE_ENV = "N2N_TRACKING_DEADLINE"
+DEFAULT_DEADLINE_S = 120.0
+STORE_LOCK_TIMEOUT_S = 300.0  # another process creating or migrating the same store
 
 
 class TrackingError(N2NError):
     """The tracking store cannot be reached or used."""
 
 
+class NoFinishedRuns(N2NError):
+    """The store holds no finished run to report on."""
+
+
 def default_tracking_uri() -> str:
-    """$MLFLOW_TRACKING_URI, else the embedded SQLite store `mlflow.db` at the project root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+    """$MLFLOW_TRACKING_URI, else the embedded SQLite store `mlflow.db` in benchmarks.paths.home()."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.store_path()}"
 
 
-def open_store(uri: str | None = None, experiment: str = EXPERIMENT):
-    """Connect, create the experiment once, and return (client, experiment_id); errors name the fix."""
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI (relative or absolute), else None."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def is_disk_full(text: str) -> bool:
+    """SQLite's SQLITE_FULL ('database or disk is full') or the OS's ENOSPC, in an error's text."""
+    text = text.lower()
+    return "disk is full" in text or os.strerror(errno.ENOSPC).lower() in text
+
+
+def _half_migrated(db: Path, message: str) -> str | None:
+    """Why a SQLite store that failed to open looks half-created (MLflow's migrations interrupted)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            leftovers = [row[0] for row in con.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '\\_alembic\\_tmp\\_%' ESCAPE '\\'")]
+    except sqlite3.Error:
+        leftovers = []
+    if leftovers:
+        return f"it holds the migration's leftover table {leftovers[0]}"
+    if "out-of-date database schema" in message:
+        return "its schema version is older than this MLflow's"
+    return None
+
+
+def _store_error(uri: str, err: Exception) -> TrackingError:
+    """One line for a store that failed to open, naming the fix that applies."""
+    text, db = str(err), sqlite_file(uri)
+    if is_disk_full(text):
+        return TrackingError(f"the tracking store {uri} is on a full disk ({first_line(err, 200)}); free "
+                             "some disk space, then rerun the same command")
+    if DEADLINE_ENV in text:  # our overall deadline ended the request (_with_deadline)
+        return TrackingError(f"tracking server {uri} sent no complete answer within {request_deadline():g} s "
+                             f"(overloaded, or trickling bytes); check it, or raise {DEADLINE_ENV}")
+    why = _half_migrated(db, text) if db is not None and db.is_file() else None
+    if why is not None:
+        return TrackingError(
+            f"the tracking store {db} is half-migrated: {why} (an earlier command stopped while creating "
+            f"or upgrading it); move it aside (mv {db} {db}.broken) and rerun to start a fresh store, or, "
+            f"if it holds runs you need, back it up and run 'mlflow db upgrade sqlite:///{db}' on the copy"
+        )
+    return TrackingError(
+        f"tracking server {uri} is unreachable or unusable ({first_line(err, 200)}); start it, fix "
+        "--tracking-uri / MLFLOW_TRACKING_URI, or leave both unset for the local sqlite store"
+    )
+
+
+def _store_lock(db: Path):
+    """Held while a process opens (and maybe creates) a SQLite store: MLflow's schema creation is
+    not safe against a second process doing the same (two fresh `grid`s once left a store
+    half-migrated)."""
+    from filelock import FileLock
+
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TrackingError(f"could not create the folder of the tracking store {db} ({err.strerror or err}); "
+                            "pass --tracking-uri with a folder you can write") from None
+    return FileLock(str(db) + ".lock", timeout=STORE_LOCK_TIMEOUT_S)
+
+
+def open_store(uri: str | None = None, experiment: str = EXPERIMENT, create: bool = True):
+    """Connect, create the experiment once, and return (client, experiment_id); errors name the fix.
+
+    create=False (the report): a SQLite store that does not exist is an error, never created empty.
+    """
+    from filelock import Timeout
     from mlflow import MlflowClient
 
     uri = uri or default_tracking_uri()
@@ -39,22 +125,157 @@ def open_store(uri: str | None = None, experiment: str = EXPERIMENT):
         raise TrackingError(
             f"tracking URI {uri!r} is malformed; use sqlite:///path/mlflow.db or http://host:port"
         )
+    install_request_deadline()
+    db = sqlite_file(uri)
+    if db is not None and not create and not db.is_file():
+        raise NoFinishedRuns(f"there is no tracking store at {db.resolve()}; run 'n2n-bench grid' first, or "
+                             "pass --tracking-uri (or set MLFLOW_TRACKING_URI) to the store holding the runs")
+    lock = _store_lock(db) if db is not None else None
     try:
-        client = MlflowClient(tracking_uri=uri)
-        found = client.get_experiment_by_name(experiment)
-        if found is not None:
-            return client, found.experiment_id
-        artifacts = None
-        if uri.startswith("sqlite:///"):  # keep artifacts beside the embedded store, git-ignored
-            artifacts = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
-        return client, client.create_experiment(experiment, artifact_location=artifacts)
-    except TrackingError:
+        if lock is not None:
+            lock.acquire()
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            found = client.get_experiment_by_name(experiment)
+            if found is not None:
+                return client, found.experiment_id
+            if not create:
+                raise NoFinishedRuns(f"the tracking store {uri} has no experiment {experiment!r}; run "
+                                     "'n2n-bench grid' first, or pass the --tracking-uri that holds the runs")
+            artifacts = None
+            if db is not None:  # keep artifacts beside the embedded store, git-ignored
+                artifacts = (db.resolve().parent / "mlartifacts").as_uri()
+            return client, client.create_experiment(experiment, artifact_location=artifacts)
+        finally:
+            if lock is not None and lock.is_locked:
+                lock.release()
+    except N2NError:
         raise
-    except Exception as err:  # connection refused, DNS, HTTP 5xx, bad database...
-        raise TrackingError(
-            f"tracking server {uri} is unreachable or unusable ({first_line(err, 200)}); start it, fix "
-            "--tracking-uri / MLFLOW_TRACKING_URI, or leave both unset for the local sqlite store"
-        ) from None
+    except Timeout:
+        raise TrackingError(f"the tracking store {db} stayed locked by another command for "
+                            f"{STORE_LOCK_TIMEOUT_S:.0f} s; wait for it or remove {db}.lock if none runs") from None
+    except Exception as err:  # connection refused, DNS, HTTP 5xx, bad database, disk full...
+        raise _store_error(uri, err) from None
+
+
+# ------------------------------------------------------------------ an overall deadline per HTTP request
+
+_watch = threading.local()  # the deadline of the request this thread is making, if any
+
+
+def request_deadline() -> float:
+    try:
+        seconds = float(os.environ.get(DEADLINE_ENV, DEFAULT_DEADLINE_S))
+    except ValueError:
+        raise TrackingError(f"{DEADLINE_ENV} must be a number of seconds") from None
+    return seconds if seconds > 0 else DEFAULT_DEADLINE_S
+
+
+class _Deadline:
+    """Shuts down the sockets of one request once its time is up, so a blocked read returns."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.expired, self.connections = seconds, False, []
+        self._lock = threading.Lock()
+        self.timer = threading.Timer(seconds, self.expire)
+        self.timer.daemon = True
+
+    def watch(self, conn) -> None:
+        with self._lock:
+            self.connections.append(conn)
+            if self.expired:
+                self._shut(conn)
+
+    def expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for conn in self.connections:
+                self._shut(conn)
+
+    @staticmethod
+    def _shut(conn) -> None:
+        sock = getattr(conn, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def _watched_pool(base):
+    class Watched(base):
+        def _get_conn(self, timeout=None):
+            conn = super()._get_conn(timeout)
+            deadline = getattr(_watch, "deadline", None)
+            if deadline is not None:
+                if deadline.expired:  # a retry after the deadline: give up at once
+                    self._put_conn(conn)
+                    from urllib3.exceptions import NewConnectionError
+
+                    raise NewConnectionError(conn, f"no answer within {deadline.seconds:g} s")
+                deadline.watch(conn)
+            return conn
+
+    Watched.__name__ = f"Deadline{base.__name__}"
+    return Watched
+
+
+def _with_deadline(request):
+    @functools.wraps(request)
+    def call(method, url, *args, **kwargs):
+        import requests
+
+        deadline = _Deadline(request_deadline())
+        previous, _watch.deadline = getattr(_watch, "deadline", None), deadline
+        deadline.timer.start()
+        try:
+            return request(method, url, *args, **kwargs)
+        except Exception as err:
+            if deadline.expired:
+                raise requests.exceptions.ReadTimeout(
+                    f"no complete answer from {url} within {deadline.seconds:g} s ({DEADLINE_ENV})") from err
+            raise
+        finally:
+            deadline.timer.cancel()
+            _watch.deadline = previous
+
+    return call
+
+
+def _arm(session) -> None:
+    from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
+
+    pools = {"http": _watched_pool(HTTPConnectionPool), "https": _watched_pool(HTTPSConnectionPool)}
+    for adapter in session.adapters.values():
+        manager = getattr(adapter, "poolmanager", None)
+        if manager is not None:
+            manager.pool_classes_by_scheme = pools
+    session.request = _with_deadline(session.request)
+    session.n2n_deadline = True
+
+
+def install_request_deadline() -> None:
+    """Give every requests session MLflow makes an overall deadline per request (idempotent).
+
+    MLflow's MLFLOW_HTTP_REQUEST_TIMEOUT bounds each socket read, so a server sending one byte
+    every few seconds never trips it; here a timer shuts the request's sockets when its time is up
+    and the request fails as a timeout, which the callers turn into their one-line error.
+    """
+    from mlflow.utils import request_utils
+
+    original = request_utils._cached_get_request_session
+    if getattr(original, "n2n_deadline", False):
+        return
+
+    @functools.wraps(original)
+    def session_with_deadline(*args, **kwargs):
+        session = original(*args, **kwargs)  # cached per process by MLflow
+        if not getattr(session, "n2n_deadline", False):
+            _arm(session)
+        return session
+
+    session_with_deadline.n2n_deadline = True
+    request_utils._cached_get_request_session = session_with_deadline
 
 
 class MlflowTracker:
@@ -86,6 +307,17 @@ class MlflowTracker:
     def unlogged_summary(self) -> str:
         """e.g. '120 metrics, 6 artifacts' (empty when everything was logged)."""
         return ", ".join(f"{n} {kind}" for kind, n in self.unlogged.items())
+
+    def not_logged_error(self, kept_in: Path) -> TrackingError:
+        """The job's one line once a write failed: what was lost, where the results are, the fix."""
+        if is_disk_full(self.broken or ""):
+            what = f"the tracking store's disk is full ({self.broken})"
+            fix = "free some disk space, then rerun the same command to log them"
+        else:
+            what = f"the tracking server stopped answering ({self.broken})"
+            fix = "rerun the same command once the server is back to log them"
+        return TrackingError(f"{what}; not logged: {self.unlogged_summary()}; the checkpoint and scores "
+                             f"are kept in {kept_in}; {fix}")
 
     def log_params(self, params: Mapping[str, object]) -> None:
         from mlflow.entities import Param

@@ -5,12 +5,18 @@ variants in grid order, columns = evaluation sets; ours beside the published num
 baselines/ has one) with a caption stating the profile, plus figures: validation PSNR against
 images seen and against wall-clock seconds, per-image PSNR differences against N2C with a bootstrap
 95% interval, and a crop grid. Output is deterministic for a given store.
+
+Whoever can log to the tracking server decides the tags and metric names this reads, and those
+become file names and LaTeX: a run whose variant, noise, profile or evaluation-set name is not a
+plain name is left out with a warning naming it, every file written is checked to stay inside the
+report folder, and all text set into LaTeX is escaped.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +27,17 @@ import pandas as pd
 from n2n_core.config import load_toml
 from n2n_core.train.checkpoint import atomic_write
 
-from .mlflow_tracker import PROJECT_ROOT, open_store
+from n2n_core.errors import N2NError
 
-BASELINES = PROJECT_ROOT / "baselines" / "published.csv"
+from . import paths
+from .mlflow_tracker import NoFinishedRuns, default_tracking_uri, open_store
+
+# benchmarks/baselines is a link to the project's baselines/ folder, so a wheel carries the
+# published numbers as package data (pyproject.toml) and a clone reads the very same file
+BASELINES = Path(__file__).resolve().parent / "baselines" / "published.csv"
 GRID_FILE = Path(__file__).resolve().parent / "configs" / "grid.toml"
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")
+"""What a variant, noise, profile or set name must look like to become part of a file name."""
 SET_ORDER = ["kodak24", "bsd300", "set14", "small32"]
 README_MARK = "<!-- results:{noise}:{profile} -->"
 
@@ -53,12 +66,37 @@ def finished_job_runs(client, experiment_id) -> list[JobRun]:
         tags = run.data.tags
         if "variant" not in tags:
             continue  # grid parent runs
+        bad = unsafe_names(run)
+        if bad:
+            print(f"warning: run {run.info.run_id} left out of the report: its {bad} is not a plain name "
+                  "(letters, digits, '_', '.', '+', '-')", file=sys.stderr)
+            continue
         key = (tags["variant"], tags["noise"], tags["profile"])
         if key not in newest:
             newest[key] = JobRun(run.info.run_id, tags["variant"], tags["noise"], tags["profile"],
                                  dict(run.data.params), dict(run.data.metrics), dict(tags),
                                  run.info.end_time or 0)
     return list(newest.values())
+
+
+def unsafe_names(run) -> str:
+    """'' when every name of the run that may end up in a path is plain, else which one is not."""
+    tags = run.data.tags
+    for key in ("variant", "noise", "profile"):
+        if not PLAIN_NAME.fullmatch(tags.get(key, "")):
+            return f"{key} tag {tags.get(key, '')!r}"
+    for metric in run.data.metrics:
+        if metric.startswith("psnr_") and not PLAIN_NAME.fullmatch(metric[5:]):
+            return f"metric name {metric!r}"
+    return ""
+
+
+def inside(out: Path, path: Path) -> Path:
+    """`path`, once it is certain that it resolves (links followed) to a place inside `out`."""
+    if not path.resolve().is_relative_to(out.resolve()):
+        raise N2NError(f"refusing to write {path}: it resolves to {path.resolve()}, outside the report "
+                       f"folder {out.resolve()}; remove the link that leads there")
+    return path
 
 
 def variant_order() -> list[str]:
@@ -155,10 +193,21 @@ def to_markdown(table: pd.DataFrame, sets: list[str], text: str) -> str:
     return "\n".join(lines) + f"\n\n{text}\n"
 
 
-def to_latex(table: pd.DataFrame, sets: list[str], text: str) -> str:
-    def esc(s: str) -> str:
-        return s.replace("_", r"\_").replace("%", r"\%").replace("Δ", r"$\Delta$").replace("×", r"$\times$").replace("²", r"$^2$").replace("§", r"\S")
+LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "#": r"\#",
+    "^": r"\^{}", "_": r"\_", "~": r"\textasciitilde{}", "%": r"\%",
+    "Δ": r"$\Delta$", "×": r"$\times$", "²": r"$^2$", "§": r"\S{}",
+}
 
+
+def latex_escape(text: object) -> str:
+    """Text as LaTeX prints it literally: every special character escaped (one pass, so an escape's
+    own backslash and braces are never escaped again)."""
+    return "".join(LATEX_SPECIAL.get(c, c) for c in str(text))
+
+
+def to_latex(table: pd.DataFrame, sets: list[str], text: str) -> str:
+    esc = latex_escape
     lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "r" * len(sets) + "}", r"\toprule",
              "method & " + " & ".join(esc(s) for s in sets) + r" \\", r"\midrule"]
     for _, row in table.iterrows():
@@ -167,30 +216,47 @@ def to_latex(table: pd.DataFrame, sets: list[str], text: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write_text(out: Path, path: Path, text: str) -> Path:
+    inside(out, path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: tmp.write_text(text))
     return path
 
 
-def build_report(tracking_uri: str | None, out: Path, readme: Path | None = PROJECT_ROOT / "README.md") -> list[Path]:
-    """Write every table and figure for every (noise, profile) in the store; return the files."""
-    client, experiment_id = open_store(tracking_uri)
+def build_report(tracking_uri: str | None, out: Path,
+                 readme: Path | None | str = "project") -> list[Path]:
+    """Write every table and figure for every (noise, profile) in the store; return the files.
+
+    readme: the README whose results blocks are refreshed; "project" means the clone's README.md
+    (none for an installed copy, benchmarks/paths.py). A store without a finished run is an error.
+    """
+    if readme == "project":
+        readme = paths.project_readme()
+    client, experiment_id = open_store(tracking_uri, create=False)  # a report never creates a store
     groups: dict[tuple[str, str], list[JobRun]] = defaultdict(list)
     for run in finished_job_runs(client, experiment_id):
         groups[(run.noise, run.profile)].append(run)
+    if not groups:
+        raise NoFinishedRuns(f"the tracking store {tracking_uri or default_tracking_uri()} has no finished "
+                             "runs to report; run 'n2n-bench grid' first (or pass the --tracking-uri "
+                             "that holds them)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise N2NError(f"could not create the report folder {out} ({err.strerror or err}); pass --out "
+                       "with a folder you can write") from None
     written: list[Path] = []
     for (noise, profile), runs in sorted(groups.items()):
         table, sets = build_table(runs, noise)
         text = caption(runs, noise, profile, sets)
         stem = out / f"psnr-{noise}-{profile}"
         markdown = to_markdown(table, sets, text)
-        written.append(_write_text(stem.with_suffix(".md"), markdown))
-        written.append(_write_text(stem.with_suffix(".tex"), to_latex(table, sets, text)))
-        written.append(_write_text(stem.with_suffix(".csv"), table.to_csv(index=False, float_format="%.4f")))
+        written.append(_write_text(out, stem.with_suffix(".md"), markdown))
+        written.append(_write_text(out, stem.with_suffix(".tex"), to_latex(table, sets, text)))
+        written.append(_write_text(out, stem.with_suffix(".csv"), table.to_csv(index=False, float_format="%.4f")))
         from . import figures
 
-        written += figures.all_figures(client, in_grid_order(runs), noise, profile, sets, out / "figures")
+        figures_dir = inside(out, out / "figures")  # its names are plain (unsafe_names): only a link could lead out
+        written += figures.all_figures(client, in_grid_order(runs), noise, profile, sets, figures_dir)
         if readme is not None and readme.exists():
             update_readme(readme, noise, profile, markdown)
     written += paper_tables(groups, out)
@@ -213,8 +279,8 @@ def paper_tables(groups: dict[tuple[str, str], list[JobRun]], out: Path) -> list
                 f"benchmarks/configs/paper.toml; {scoring_note(runs)}); published numbers in parentheses "
                 f"from baselines/published.csv, empty where no source gives one.")
         stem = out / f"table1-{profile}"
-        written.append(_write_text(stem.with_suffix(".md"), table1.to_markdown(table, names, text)))
-        written.append(_write_text(stem.with_suffix(".csv"), table.to_csv(index=False)))
+        written.append(_write_text(out, stem.with_suffix(".md"), table1.to_markdown(table, names, text)))
+        written.append(_write_text(out, stem.with_suffix(".csv"), table.to_csv(index=False)))
     return written
 
 

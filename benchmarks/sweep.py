@@ -39,7 +39,8 @@ from n2n_core.train.checkpoint import atomic_write
 
 from . import compose
 from .jobs import Job, attempt_job, finished_run
-from .mlflow_tracker import PROJECT_ROOT, open_store
+from .mlflow_tracker import open_store
+from .paths import runs_root as default_runs_root
 
 SWEEP_EXPERIMENT = "n2n-bench-sweep"
 MAX_FIGURE_AXES = 2
@@ -142,7 +143,7 @@ def run_sweep(method: str, noise: str, profile: str, axes: list[Axis], overrides
               progress: bool = True) -> SweepOutcome:
     """Run (or read back) every cell as a child run, then write the table and the figure."""
     data_dir = data_dir or default_data_dir()
-    runs_root = runs_root or PROJECT_ROOT / "runs"
+    runs_root = runs_root or default_runs_root()
     cells = sweep_cells(method, noise, profile, axes, overrides)  # bad input: nothing written
     keys = [axis.key for axis in axes]
     first = cells[0].job.config
@@ -159,7 +160,7 @@ def run_sweep(method: str, noise: str, profile: str, axes: list[Axis], overrides
             cfg = cell.job.config
             # the grid's own skip / resume / mark-FAILED logic; one broken cell does not sink the sweep
             status, why = attempt_job(client, experiment_id, parent_id, cell.job, runs_root, data_dir, progress)
-            if status == "failed":
+            if status in ("failed", "busy"):  # busy: another live process runs this cell now
                 failed[cell.label] = why
                 continue
             run = finished_run(client, experiment_id, cfg.config_hash())

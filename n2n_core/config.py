@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -25,6 +26,45 @@ class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+MAX_LR = 10.0
+TRAIN_BYTES_PER_PIXEL = 2048
+"""Memory of one training step per crop pixel, on the low side: the paper's U-Net saves about
+5.4 KB per pixel for its backward pass (counted with torch.autograd.graph.saved_tensors_hooks on
+one 128² crop), smaller networks less; so only a patch size that cannot fit is refused."""
+
+
+def device_memory_bytes(device) -> int | None:
+    """Memory of the device a run trains on: the GPU's, else this machine's RAM (None: unknown)."""
+    if getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n < 2**50 else f"{n / 2**50:,.1f} PiB"
+
+
+def check_training_memory(train: "TrainConfig", device) -> None:
+    """Refuse crops whose training step cannot fit the device, before a step runs out of memory.
+
+    Checked where a run is about to train (train, grid), not when a configuration is read: a
+    checkpoint trained on a large GPU can still be scored on a small machine.
+    """
+    need, have = train.batch_size * train.patch_size**2 * TRAIN_BYTES_PER_PIXEL, device_memory_bytes(device)
+    if have is not None and need > have:
+        largest = 32 * int((have / (train.batch_size * TRAIN_BYTES_PER_PIXEL)) ** 0.5 // 32)
+        raise ConfigError(
+            f"train.patch_size={train.patch_size} with batch_size {train.batch_size} would need about "
+            f"{_size(need)} for one training step (~{TRAIN_BYTES_PER_PIXEL} bytes per crop pixel), more "
+            f"than the {_size(have)} of memory on {device}; use train.patch_size={largest} or less"
+        )
+
+
 class TrainConfig(Frozen):
     budget_images: int = Field(gt=0)
     """Images seen in training; the paper's "2M iterations" is 2_000_000 here (METHODS.md §2)."""
@@ -32,8 +72,9 @@ class TrainConfig(Frozen):
     """Minibatch size in images (paper: 4)."""
     patch_size: int = Field(256, gt=0, multiple_of=32)
     """Side of the square training crops in pixels (paper: 256)."""
-    lr: float = Field(3e-4, gt=0)
-    """Base learning rate of Adam (paper: 3e-4)."""
+    lr: float = Field(3e-4, gt=0, le=MAX_LR, allow_inf_nan=False)
+    """Base learning rate of Adam (paper: 3e-4); finite and at most 10 (the scratch network's SGD
+    uses 1.5; beyond that a step overflows the weights instead of training them)."""
     ramp_up: float = Field(0.1, ge=0, le=1)
     """Fraction of the budget spent in the sin² ramp-up."""
     ramp_down: float = Field(0.3, ge=0, le=1)

@@ -1,5 +1,11 @@
 """Read an image file into a uint8 (3, H, W) tensor, with errors that name the file and the fix;
-convert it to the run's channel count (`set_channels`)."""
+convert it to the run's channel count (`set_channels`).
+
+Only 8-bit images are read: the evaluation protocol scores uint8-quantised images (METHODS.md §8),
+so a 16-bit PNG or a float TIFF squeezed into 8 bits would be scored as something it is not
+(Pillow clips 16-bit greyscale to white and float images to black). They are refused with one
+line; `bit_depth` tells the depth for any reader that can keep it.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +31,26 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_cache_dir("n2n-bench")) / "data"
 
 
+def bit_depth(img: Image.Image) -> int:
+    """Bits per channel of an opened (not yet loaded) Pillow image: 1, 8, 16 or 32.
+
+    Pillow opens 16-bit RGB PNGs and TIFFs as mode RGB, already cut to 8 bits while decoding; only
+    the raw mode of the file's tiles still says 16, so this must be asked before `load()`.
+    """
+    if img.mode == "1":
+        return 1
+    if img.mode.startswith("I;16"):
+        return 16
+    if img.mode in ("I", "F"):
+        return 32
+    for tile in getattr(img, "tile", None) or ():
+        args = tile.args if hasattr(tile, "args") else tile[3]
+        raw = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(raw, str) and (";16" in raw or ";32" in raw):
+            return 16 if ";16" in raw else 32
+    return 8
+
+
 def read_image(path: Path) -> torch.Tensor:
     """Decode `path` to a uint8 tensor (3, H, W).
 
@@ -37,6 +63,13 @@ def read_image(path: Path) -> torch.Tensor:
         raise DataError(f"image {path} is missing; run 'n2n-bench download <set>' or check N2N_DATA")
     try:
         with Image.open(path) as img:
+            depth = bit_depth(img)
+            if depth > 8:
+                raise DataError(
+                    f"image {path} has {depth} bits per channel ({img.mode}); the benchmark scores 8-bit "
+                    "images (PSNR on uint8, METHODS.md §8): convert it to 8 bits first or remove it "
+                    "from the folder"
+                )
             img.load()
             mode = img.mode
             if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
@@ -49,6 +82,11 @@ def read_image(path: Path) -> torch.Tensor:
             array = np.asarray(img, dtype=np.uint8)
     except DataError:
         raise
+    except Image.DecompressionBombError as err:  # more pixels than Pillow will decode: a hostile file
+        raise DataError(
+            f"image {path} is refused as a decompression bomb ({err}); remove it from the folder, or "
+            "raise PIL.Image.MAX_IMAGE_PIXELS if you trust it"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(
             f"image {path} is unreadable or truncated ({err}); delete it and run "

@@ -81,18 +81,31 @@ def crossed(before: int, after: int, every: int) -> bool:
 _SUMMABLE = (torch.float32, torch.float16, torch.bfloat16)  # finite sums of these fit in float64
 
 
-def grads_are_finite(model: nn.Module) -> bool:
-    """True when every parameter gradient is finite (one reduction per gradient, one host sync)."""
+def grads_are_finite(model: nn.Module, loss: torch.Tensor | None = None) -> bool:
+    """True when every parameter gradient (and the loss, if given) is finite; one host sync."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
+    if loss is not None:
+        grads.append(loss.detach().reshape(1))
+    return tensors_are_finite(grads)
+
+
+def tensors_are_finite(tensors: list[torch.Tensor]) -> bool:
+    """True when every element of every tensor is finite (one reduction per tensor, one host sync)."""
+    if not tensors:
         return True
-    if all(g.dtype in _SUMMABLE for g in grads):
-        # Σ of each gradient in float64: finite float32 values (< 3.5e38, fewer than 2³¹ of them)
+    if all(t.dtype in _SUMMABLE for t in tensors):
+        # Σ of each tensor in float64: finite float32 values (< 3.5e38, fewer than 2³¹ of them)
         # cannot overflow it, and one inf or NaN makes the total inf or NaN; one pass per tensor
         # instead of isfinite's four (benchmarks/perf/README.md, item 7).
-        total = torch.stack([g.sum(dtype=torch.float64) for g in grads]).sum()
+        total = torch.stack([t.sum(dtype=torch.float64) for t in tensors]).sum()
         return bool(total.isfinite())
-    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors if t.is_floating_point()]).all())
+
+
+def weights_are_finite(*models: nn.Module | None) -> bool:
+    """True when every floating-point parameter and buffer of every model given is finite."""
+    return tensors_are_finite([t.detach() for m in models if m is not None
+                               for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()])
 
 
 class Trainer:
@@ -191,8 +204,19 @@ class Trainer:
                 if checkpoint_path is not None and (done or crossed(before, state.images_seen,
                                                                     cfg.checkpoint_every_images)):
                     with clock.paused():
+                        self._refuse_non_finite(model, ema, state)  # never checkpointed, never scored
                         self._save(checkpoint_path, model, optimizer, ema, state)
+        self._refuse_non_finite(model, ema, state)
         return (ema or model).eval(), state
+
+    def _refuse_non_finite(self, model, ema, state: TrainState) -> None:
+        """Stop a run whose weights (or their average) are no longer finite: saving or scoring them
+        would pass garbage off as a result. The last checkpoint on disk is still a finite one."""
+        if not weights_are_finite(model, ema):
+            raise TrainingDiverged(
+                f"the weights are not finite any more at {state.images_seen} images (an optimizer step "
+                "overflowed); lower train.lr; the last checkpoint written before is kept"
+            )
 
     def _distributed(self, model: nn.Module) -> nn.Module:
         if self.dist is None:
@@ -225,7 +249,7 @@ class Trainer:
             distributed.barrier()  # the other ranks wait until the file is whole
 
     def _step(self, model, optimizer, ema, state: TrainState, n: int) -> StepOutput:
-        """One optimizer step on n images; a step with any non-finite gradient is skipped entirely.
+        """One optimizer step on n images; a step with a non-finite gradient or loss is skipped entirely.
 
         In a torchrun job every rank builds the same global pair and trains on its own rows of it
         (distributed.py); DDP averages the gradients, so all ranks skip or step together.
@@ -242,12 +266,16 @@ class Trainer:
         with self._autocast():
             out = self.method.loss(model, pair)
         out.loss.backward()
-        if not grads_are_finite(model):
+        # a non-finite loss is skipped like a non-finite gradient; so is every step after one that
+        # made the weights non-finite, since their loss is then NaN too (and _refuse_non_finite
+        # stops such a run at its next checkpoint at the latest). Under DDP only the all-reduced
+        # gradients, identical on every rank, decide, so that all ranks skip together.
+        if not grads_are_finite(model, out.loss if self.dist is None else None):
             state.skipped_steps += 1
             state.consecutive_skips += 1
             if state.consecutive_skips >= self.cfg.max_consecutive_skips:
                 raise TrainingDiverged(
-                    f"{state.consecutive_skips} consecutive steps had a non-finite gradient at "
+                    f"{state.consecutive_skips} consecutive steps had a non-finite gradient or loss at "
                     f"{state.images_seen} images; lower train.lr or check the data"
                 )
             return StepOutput(n, torch.tensor(float("nan")), {})
