@@ -10,7 +10,7 @@ holds only weights, optimizer, EMA and counters, so it resumes on any number of 
 Generators carried inside a training pair (dropout masks of a course network) are re-derived per
 rank from (seed, "method", step, rank), so no two ranks draw the same masks either.
 
-Only the trainer and `benchmarks/experiment.py` use this module; with one process nothing here runs.
+Only the trainer and `benchmarks/training.py` use this module; with one process nothing here runs.
 """
 
 from __future__ import annotations
