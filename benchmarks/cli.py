@@ -257,6 +257,34 @@ def report(
 
 @app.command()
 @friendly_errors
+def denoise(
+    inputs: list[Path] = typer.Argument(..., help="noisy image files (PNG, JPEG, 16-bit PNG, TIFF) or folders of them"),
+    out: Path = typer.Option(..., help="folder for the outputs (same file names; JPEG and others written as PNG)"),
+    checkpoint: Optional[Path] = typer.Option(None, help="a trained run's checkpoint.pt"),
+    run: Optional[str] = typer.Option(None, "--run", help="an MLflow run id (its checkpoint is found in its run folder or artefacts)"),
+    method: Optional[str] = typer.Option(None, help="a training-free method instead (cbm3d, noisy); needs --noise"),
+    noise: Optional[str] = typer.Option(None, help="noise style (default: the run's), e.g. gaussian25"),
+    level: Optional[float] = typer.Option(None, help="noise level in the style's units: Gaussian std 0-255, Poisson λ, impulse % "
+                                          "(default: estimated where the method estimates it, else the style's fixed level)"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI for --run (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"),
+) -> None:
+    """Denoise your own noisy images with a trained run or a training-free method.
+
+    Outputs keep each input's size and bit depth (16-bit in, 16-bit out); blind-spot networks are
+    tiled as the evaluator tiles them; the level used (given, estimated or the training level) is
+    printed per image (benchmarks/denoise.py).
+    """
+    from benchmarks.denoise import denoise_command
+
+    written = denoise_command(inputs=inputs, out=out, checkpoint=checkpoint, run=run, method=method,
+                              noise=noise, level=level, device=device, tracking_uri=tracking_uri,
+                              say=lambda line: typer.echo(line, err=True))
+    typer.echo(f"denoised {len(written)} image(s) into {out.resolve()}")
+
+
+@app.command()
+@friendly_errors
 def download(
     name: str = typer.Argument(..., help="kodak24, bsd300, bsd300-train or set14"),
     data_dir: Optional[Path] = typer.Option(None, help="data directory (default $N2N_DATA)"),
