@@ -42,7 +42,7 @@ def score_all(result: TrainResult, out_dir: Path, data_dir: Path, progress: bool
 
         with tqdm(desc=f"eval {label}", disable=not progress, leave=False, unit="img") as bar:
             scores[label] = evaluate_model(result.method, result.model, cfg, name, cfg.noise, device,
-                                           data_dir, progress=bar.update)
+                                           data_dir, progress=bar.update, on_start=lambda n, b=bar: b.reset(total=n))
         write_per_image_csv(scores[label], out_dir / f"psnr-{label}.csv")
         atomic_write(saved, lambda tmp, r=scores[label]: tmp.write_text(eval_result_to_json(r)))
     if cfg.eval.sets:

@@ -80,14 +80,21 @@ def _data_dir(value: Optional[Path]) -> Path:
 @friendly_errors
 def evaluate(
     noise: Optional[str] = typer.Option(None, help="noise style, e.g. gaussian25 (default: the checkpoint's)"),
-    dataset: str = typer.Option("kodak24", help="kodak24, bsd300, bsd300-train, set14, small32, folder:PATH, course32:DIR"),
+    dataset: Optional[str] = typer.Option(None, help="kodak24, bsd300, bsd300-train, set14, small32, folder:PATH "
+                                          "(or a plain folder), course32:DIR (default: the checkpoint's first "
+                                          "evaluation set, else kodak24)"),
     method: str = typer.Option("noisy", help="a training-free method (noisy, cbm3d)"),
-    checkpoint: Optional[Path] = typer.Option(None, help="score a trained checkpoint instead"),
-    repeats: Optional[int] = typer.Option(None, min=1, help="evaluations per image (default 1)"),
-    seed: int = typer.Option(0, help="evaluation seed: same seed, same noisy inputs"),
+    checkpoint: Optional[Path] = typer.Option(None, help="score a trained checkpoint instead, with its run's "
+                                              "evaluation settings unless the options below say otherwise"),
+    repeats: Optional[int] = typer.Option(None, min=1, help="evaluations per image (default: the run's, else 1)"),
+    seed: Optional[int] = typer.Option(None, help="evaluation seed: same seed, same noisy inputs (default: the run's, 0)"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
-    center_crop: Optional[int] = typer.Option(None, min=32, help="score central crops of this side"),
-    max_images: Optional[int] = typer.Option(None, min=1, help="score only the first N images"),
+    center_crop: Optional[int] = typer.Option(None, min=0, help="score central crops of this side; 0: whole "
+                                              "images (default: the run's)"),
+    max_images: Optional[int] = typer.Option(None, min=0, help="score only the first N images; 0: all "
+                                             "(default: the run's)"),
+    save_outputs: Optional[Path] = typer.Option(None, help="folder for every noisy input and output (PNG) "
+                                                "and the per-image PSNR CSV"),
     data_dir: Optional[Path] = typer.Option(None, help="data directory (default $N2N_DATA)"),
     json_out: bool = typer.Option(False, "--json", help="last stdout line: one JSON object"),
 ) -> None:
@@ -98,14 +105,19 @@ def evaluate(
         noise=noise, dataset=dataset, method=method, checkpoint=checkpoint,
         repeats=repeats, seed=seed, device=device, data_dir=_data_dir(data_dir),
         progress=sys.stderr.isatty() or not json_out, center_crop=center_crop, max_images=max_images,
+        save_outputs=save_outputs,
     )
+    if summary.get("saved_outputs"):
+        typer.echo(f"saved noisy inputs and outputs in {summary['saved_outputs']}, "
+                   f"PSNR per image and repeat in {summary['per_image_csv']}", err=True)
     if json_out:
         typer.echo(json.dumps(summary))
     else:
+        crop = f"central {summary['center_crop']}² crops" if summary["center_crop"] else "whole images"
         typer.echo(
             f"{summary['method']} on {summary['dataset']} with {summary['noise']}: "
             f"{summary['psnr_mean']:.2f} dB over {summary['n_evaluations']} evaluations "
-            f"({summary['convention']} PSNR)"
+            f"({summary['n_images']} images x {summary['repeats']}, {crop}; {summary['convention']} PSNR)"
         )
 
 
