@@ -133,6 +133,9 @@ def train(
     data_dir: Optional[Path] = typer.Option(None, help="data directory (default $N2N_DATA)"),
     json_out: bool = typer.Option(False, "--json", help="last stdout line: one JSON object"),
     nproc: int = typer.Option(1, min=1, help="data-parallel processes (torchrun; one per GPU on CUDA)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"),
+    track: bool = typer.Option(True, envvar="N2N_TRACK", help="log the run to MLflow and score it, as a grid job "
+                               "(--no-track: train only, nothing logged)"),
 ) -> None:
     """Train a method; rerunning the same command resumes an unfinished run or returns the finished one.
 
@@ -150,10 +153,19 @@ def train(
         distributed.check_divisible(cfg.train.batch_size, cfg.train.budget_images, nproc)
         argv = ["--method", method, "--noise", noise, "--profile", profile, "--out", str(out_dir),
                 *[a for o in overrides for a in ("--set", o)], *(["--seed", str(seed)] if seed is not None else []),
-                *(["--data-dir", str(data_dir)] if data_dir is not None else []), *(["--json"] if json_out else [])]
+                *(["--data-dir", str(data_dir)] if data_dir is not None else []), *(["--json"] if json_out else []),
+                *(["--tracking-uri", tracking_uri] if tracking_uri else []), *([] if track else ["--no-track"])]
         raise typer.Exit(distributed.launch(nproc, ["-m", "benchmarks.cli", "train", *argv]))
+    show = sys.stderr.isatty() or not json_out
+    run_id = None
     try:
-        result = train_run(cfg, out_dir, data_dir=_data_dir(data_dir), progress=sys.stderr.isatty() or not json_out)
+        if track and distributed.env_rank() == 0:  # rank 0 logs for the whole torchrun job
+            from benchmarks.jobs import train_and_log
+
+            result, run_id, _ = train_and_log(cfg, variant_name(method), out_dir, tracking_uri,
+                                              PROJECT_ROOT / "runs", _data_dir(data_dir), show)
+        else:
+            result = train_run(cfg, out_dir, data_dir=_data_dir(data_dir), progress=show)
     finally:
         distributed.shutdown()
     if distributed.env_rank() != 0:
@@ -162,10 +174,22 @@ def train(
         "checkpoint": str(result.checkpoint) if result.checkpoint else None,
         "images_seen": result.images_seen, "skipped_steps": result.skipped_steps,
         "train_seconds": round(result.seconds, 3), "method": cfg.method.name, "noise": cfg.noise,
-        "profile": profile, "config_hash": cfg.config_hash(),
+        "profile": profile, "config_hash": cfg.config_hash(), "mlflow_run_id": run_id,
     }
+    if run_id is not None and not json_out:
+        _print_store(tracking_uri, f"MLflow run {run_id}")
     typer.echo(json.dumps(summary) if json_out else
                f"trained {cfg.method.name} on {cfg.noise}: {result.images_seen} images -> {result.checkpoint}")
+
+
+def _print_store(tracking_uri: Optional[str], what: str) -> None:
+    """Where the runs went and the exact command that opens them in the browser."""
+    from benchmarks.mlflow_tracker import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    typer.echo(f"{what} in the MLflow store {uri}; open it with: mlflow ui --backend-store-uri {uri}", err=True)
 
 
 @app.command()
