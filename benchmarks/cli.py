@@ -17,7 +17,48 @@ from pydantic import ValidationError
 
 from n2n_core.errors import N2NError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+HELP_WIDTH = 150  # help is laid out at least this wide, so no default or example is cut at 80 columns
+
+
+def _wide_help() -> None:
+    """Rich (typer's help renderer) lays help out at the terminal's width, 80 when it cannot tell
+    (a pipe, CI): at least HELP_WIDTH columns instead, or $TERMINAL_WIDTH when set."""
+    import os
+    import shutil
+
+    import typer.rich_utils
+
+    if not os.environ.get("TERMINAL_WIDTH"):
+        typer.rich_utils.MAX_WIDTH = max(shutil.get_terminal_size((HELP_WIDTH, 24)).columns, HELP_WIDTH)
+
+
+_wide_help()
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"max_content_width": HELP_WIDTH},
+                  epilog="Start with: n2n-bench list methods; n2n-bench train --help; docs/methods.md for the methods.")
+
+
+def _examples(*lines: str) -> str:
+    """A command's epilog: its examples, one per paragraph (rich keeps paragraphs apart)."""
+    return "Examples:\n\n" + "\n\n".join(f"  {line}" for line in lines)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("n2n-bench")
+        except metadata.PackageNotFoundError:
+            version = "unknown (not installed: pip install -e .)"
+        typer.echo(f"n2n-bench {version}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """n2n-bench: train and score image denoisers that learn without clean data, the same way."""
 
 
 def _valid_keys(loc: tuple) -> list[str]:
@@ -70,13 +111,27 @@ def friendly_errors(fn):
     return wrapper
 
 
+def _dataset_name(value: Optional[str]) -> Optional[str]:
+    """A plain folder path where a data set name is expected means `folder:PATH`."""
+    if value is None or ":" in value:
+        return value
+    from n2n_core.data.sets import REGISTERED
+
+    if value not in REGISTERED and value != "small32" and Path(value).expanduser().is_dir():
+        return f"folder:{value}"
+    return value
+
+
 def _data_dir(value: Optional[Path]) -> Path:
     from n2n_core.data.images import default_data_dir
 
     return value if value is not None else default_data_dir()
 
 
-@app.command()
+@app.command(epilog=_examples(
+    "n2n-bench evaluate --method noisy --noise gaussian25 --dataset kodak24",
+    "n2n-bench evaluate --method cbm3d --noise poisson30 --dataset bsd300 --max-images 5 --save-outputs out/",
+    "n2n-bench evaluate --checkpoint runs/n2c-gaussian25-quick-<hash>/checkpoint.pt --center-crop 0"))
 @friendly_errors
 def evaluate(
     noise: Optional[str] = typer.Option(None, help="noise style, e.g. gaussian25 (default: the checkpoint's)"),
@@ -102,7 +157,7 @@ def evaluate(
     from benchmarks.evaluate import evaluate_command
 
     summary = evaluate_command(
-        noise=noise, dataset=dataset, method=method, checkpoint=checkpoint,
+        noise=noise, dataset=_dataset_name(dataset), method=method, checkpoint=checkpoint,
         repeats=repeats, seed=seed, device=device, data_dir=_data_dir(data_dir),
         progress=sys.stderr.isatty() or not json_out, center_crop=center_crop, max_images=max_images,
         save_outputs=save_outputs,
@@ -121,7 +176,10 @@ def evaluate(
         )
 
 
-@app.command()
+@app.command(epilog=_examples(
+    "n2n-bench train --method n2v --noise gaussian25 --profile smoke",
+    "n2n-bench train --method ssdn-known --noise poisson30 --set train.lr=1e-4 --print-config",
+    "n2n-bench train --method n2c --noise gaussian25 --config run.toml --tracking-uri http://mlflow:5000"))
 @friendly_errors
 def train(
     method: str = typer.Option(..., help="method variant (n2c, n2v, ssdn-known, ...) or method name"),
@@ -136,6 +194,10 @@ def train(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"),
     track: bool = typer.Option(True, envvar="N2N_TRACK", help="log the run to MLflow and score it, as a grid job "
                                "(--no-track: train only, nothing logged)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with train, eval, data and method sections: "
+                                          "keys (the keys --set takes); --set wins over it"),
+    print_config: bool = typer.Option(False, "--print-config", help="print the resolved configuration and its "
+                                      "hash, and run nothing"),
 ) -> None:
     """Train a method; rerunning the same command resumes an unfinished run or returns the finished one.
 
@@ -147,8 +209,12 @@ def train(
     from benchmarks.training import train as train_run
     from n2n_core.train import distributed
 
+    overrides = [*_file_overrides(config), *overrides]
     cfg = compose_config(profile, method, noise, overrides, seed=seed)
     out_dir = out if out is not None else run_dir(variant_name(method), cfg, PROJECT_ROOT / "runs")
+    if print_config:
+        _print_configs([(variant_name(method), cfg, out_dir)])
+        return
     if nproc > 1 and distributed.env_world_size() == 1:
         distributed.check_divisible(cfg.train.batch_size, cfg.train.budget_images, nproc)
         argv = ["--method", method, "--noise", noise, "--profile", profile, "--out", str(out_dir),
@@ -182,6 +248,20 @@ def train(
                f"trained {cfg.method.name} on {cfg.noise}: {result.images_seen} images -> {result.checkpoint}")
 
 
+def _file_overrides(config: Optional[Path]) -> list[str]:
+    from benchmarks.compose import file_overrides
+
+    return file_overrides(config) if config is not None else []
+
+
+def _print_configs(items) -> None:
+    """--print-config: each resolved configuration as JSON with its hash (and its run folder)."""
+    for variant, cfg, folder in items:
+        typer.echo(f"# {variant} · {cfg.noise} · {cfg.profile}  config_hash {cfg.config_hash()}"
+                   + (f"  run folder {folder}" if folder is not None else ""))
+        typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
+
+
 def _print_store(tracking_uri: Optional[str], what: str) -> None:
     """Where the runs went and the exact command that opens them in the browser."""
     from benchmarks.mlflow_tracker import default_tracking_uri
@@ -192,7 +272,10 @@ def _print_store(tracking_uri: Optional[str], what: str) -> None:
     typer.echo(f"{what} in the MLflow store {uri}; open it with: mlflow ui --backend-store-uri {uri}", err=True)
 
 
-@app.command()
+@app.command(epilog=_examples(
+    "n2n-bench grid --noise gaussian25 --profile smoke --methods noisy,n2c,ssdn-known",
+    "n2n-bench grid --table paper --profile reproduction --dry-run",
+    "n2n-bench grid --noise poisson30 --config run.toml --jobs 2 --tracking-uri http://mlflow:5000"))
 @friendly_errors
 def grid(
     noise: Optional[str] = typer.Option(None, help="noise style, e.g. gaussian25 (with --table paper: all when omitted)"),
@@ -211,12 +294,20 @@ def grid(
     ray_cpus: float = typer.Option(1, min=0.01, help="CPUs per Ray task where the cluster has no GPU (else 1 GPU)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print one line per job (and whether it is finished); train nothing"),
     json_out: bool = typer.Option(False, "--json", help="with --dry-run: one JSON object per line"),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with train, eval, data and method sections: "
+                                          "keys for every job (the keys --set takes); --set wins over it"),
+    print_config: bool = typer.Option(False, "--print-config", help="print every job's resolved configuration "
+                                      "and hash, and run nothing"),
 ) -> None:
     """Train and score every method variant valid for a noise style; log every run to MLflow."""
     from benchmarks.grid import default_profile, make_executor, plan, run_grid, select_jobs
 
     profile = profile or default_profile()
     chosen = [m.strip() for m in methods.split(",")] if methods else None
+    overrides = [*_file_overrides(config), *overrides]
+    if print_config:
+        _print_configs([(job.variant, job.config, None) for job in select_jobs(noise, profile, chosen, overrides, table)[0]])
+        return
     if dry_run:
         jobs, left_out = select_jobs(noise, profile, chosen, overrides, table)
         for line in plan(jobs, tracking_uri):
@@ -239,12 +330,45 @@ def grid(
         from benchmarks.report import build_report
 
         written = build_report(tracking_uri, out)
-        typer.echo(f"report: {len(written)} files in {out}", err=True)
+        _grid_summary(written, noise, profile, table, out)
+    _print_store(tracking_uri, "every run is")
     if outcome.failed:
         raise typer.Exit(1)
 
 
-@app.command()
+def _grid_summary(written: list[Path], noise: Optional[str], profile: str, table: str, out: Path) -> None:
+    """The grid's table on stdout, then every file the report wrote."""
+    from n2n_core.noise import canonical_style
+
+    wanted = (f"table1-{profile}.md" if table == "paper" else
+              f"psnr-{canonical_style(noise)}-{profile}.md" if noise else None)
+    for path in written:
+        if wanted and Path(path).name == wanted:
+            typer.echo(Path(path).read_text())
+    typer.echo(f"report: {len(written)} files in {Path(out).resolve()}:", err=True)
+    for path in written:
+        typer.echo(f"  {Path(path).resolve()}", err=True)
+
+
+@app.command("list", epilog=_examples("n2n-bench list methods", "n2n-bench list noise",
+                                      "n2n-bench list datasets --data-dir /data"))
+@friendly_errors
+def list_(
+    kind: str = typer.Argument(..., help="methods, noise, datasets or profiles"),
+    data_dir: Optional[Path] = typer.Option(None, help="data directory for `datasets` (default $N2N_DATA)"),
+) -> None:
+    """What can be named on the command line: method variants, noise styles, data sets, profiles."""
+    from benchmarks.listing import KINDS, listing
+
+    if kind not in KINDS:
+        raise N2NError(f"unknown list {kind!r}; expected one of: {', '.join(KINDS)}")
+    for line in listing(kind, _data_dir(data_dir)):
+        typer.echo(line)
+
+
+@app.command(epilog=_examples(
+    "n2n-bench sweep --network prelu --noise gaussian25 --profile smoke --batch 4,16 --loss l1 --lr 1e-3",
+    "n2n-bench sweep --network scratch --noise gaussian25 --target n2c"))
 @friendly_errors
 def sweep(
     network: str = typer.Option(..., help="course network: strided, residual, bn_dropout, prelu, scratch, scratch_torch"),
@@ -278,7 +402,7 @@ def sweep(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(epilog=_examples("n2n-bench report", "n2n-bench report --tracking-uri http://mlflow:5000 --out results-gpu"))
 @friendly_errors
 def report(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"),
@@ -291,7 +415,10 @@ def report(
     typer.echo(f"report: {len(written)} files in {out}")
 
 
-@app.command()
+@app.command(epilog=_examples(
+    "n2n-bench denoise --run 3b2d97cc171042dd8cebd11d25dfc629 photo.png --out denoised/",
+    "n2n-bench denoise --checkpoint runs/ssdn-per-image-gaussian5_50-quick-<hash>/checkpoint.pt scans/ --out out/",
+    "n2n-bench denoise --method cbm3d --noise gaussian25 --level 25 noisy.png --out DIR"))
 @friendly_errors
 def denoise(
     inputs: list[Path] = typer.Argument(..., help="noisy image files (PNG, JPEG, 16-bit PNG, TIFF) or folders of them"),
@@ -319,7 +446,8 @@ def denoise(
     typer.echo(f"denoised {len(written)} image(s) into {out.resolve()}")
 
 
-@app.command()
+@app.command(epilog=_examples("n2n-bench download kodak24", "n2n-bench download bsd300 --data-dir /data",
+                             "n2n-bench download set14 --allow-unverified"))
 @friendly_errors
 def download(
     name: str = typer.Argument(..., help="kodak24, bsd300, bsd300-train or set14"),

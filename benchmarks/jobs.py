@@ -35,6 +35,11 @@ from .compose import run_dir
 from .mlflow_tracker import PROJECT_ROOT, MlflowTracker, TrackingError, log_network, open_store, start_system_metrics
 
 
+# Called with a job's images seen whenever it logs (in this process only): `run_grid` points it at
+# its overall progress bar while jobs run here; jobs in other processes advance it when they end.
+progress_hook = None
+
+
 @dataclass
 class Job:
     variant: str
@@ -140,7 +145,7 @@ def run_job(client, experiment_id: str, parent_id: str | None, job: Job, runs_ro
     tags = {**({"mlflow.parentRunId": parent_id} if parent_id else {}), **job_tags(job, data_dir),
             "run_dir": str(out_dir.resolve())}
     run = client.create_run(experiment_id, run_name=run_name(job), tags=tags)
-    tracker = MlflowTracker(client, run.info.run_id)
+    tracker = MlflowTracker(client, run.info.run_id, on_step=progress_hook)
     monitor = None
     try:
         tracker.log_params(cfg.flat())

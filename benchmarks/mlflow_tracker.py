@@ -146,8 +146,9 @@ class MlflowTracker:
     reports what was not logged (benchmarks/grid.py); a rerun logs it from the kept files.
     """
 
-    def __init__(self, client, run_id: str, flush_every: int = 50):
+    def __init__(self, client, run_id: str, flush_every: int = 50, on_step=None):
         self.client, self.run_id, self.flush_every = client, run_id, flush_every
+        self.on_step = on_step  # called with each logged step (images seen): the grid's overall bar
         self._pending: list = []
         self.unlogged: dict[str, int] = {}  # "metrics" / "params" / "artifacts" / "tags" → count
         self.broken: str | None = None  # the first failed write's error; nothing is sent after it
@@ -180,6 +181,8 @@ class MlflowTracker:
 
         now = int(time.time() * 1000)
         self._pending += [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+        if self.on_step is not None:
+            self.on_step(int(step))
         if len(self._pending) >= self.flush_every:
             self.flush()
 

@@ -180,6 +180,9 @@ def build_report(tracking_uri: str | None, out: Path, readme: Path | None = PROJ
     for run in finished_job_runs(client, experiment_id):
         groups[(run.noise, run.profile)].append(run)
     written: list[Path] = []
+    from . import report_html
+
+    sections: list[report_html.Section] = []
     for (noise, profile), runs in sorted(groups.items()):
         table, sets = build_table(runs, noise)
         text = caption(runs, noise, profile, sets)
@@ -190,10 +193,21 @@ def build_report(tracking_uri: str | None, out: Path, readme: Path | None = PROJ
         written.append(_write_text(stem.with_suffix(".csv"), table.to_csv(index=False, float_format="%.4f")))
         from . import figures
 
-        written += figures.all_figures(client, in_grid_order(runs), noise, profile, sets, out / "figures")
+        drawn = figures.all_figures(client, in_grid_order(runs), noise, profile, sets, out / "figures")
+        written += drawn
+        sections.append(report_html.Section(
+            f"{noise}, profile {profile}", text, ["method", *(f"{s} ours (published, Δ)" for s in sets)],
+            [[row["variant"], *(_cell(row, s) for s in sets)] for _, row in table.iterrows()], drawn))
         if readme is not None and readme.exists():
             update_readme(readme, noise, profile, markdown)
-    written += paper_tables(groups, out)
+    paper = paper_tables(groups, out)
+    written += paper
+    for path in paper:
+        if path.suffix == ".csv":
+            sections.append(report_html.csv_section(path, f"Table 1 layout, profile {path.stem.removeprefix('table1-')}",
+                                                    path.with_suffix(".md").read_text().strip().splitlines()[-1]))
+    if sections:
+        written.append(report_html.write_index(out, sections, client.tracking_uri, written))
     return written
 
 

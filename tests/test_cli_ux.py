@@ -119,7 +119,6 @@ def tracked(tmp_path_factory, data_dir):
 
 
 def test_train_logs_a_run_like_a_grid_job_and_reruns_do_not_log_twice(tracked, data_dir):
-    from benchmarks.grid import run_grid
     from benchmarks.mlflow_tracker import open_store
 
     client, experiment_id = open_store(tracked["uri"])
@@ -143,10 +142,19 @@ def test_train_logs_a_run_like_a_grid_job_and_reruns_do_not_log_twice(tracked, d
     experiment = client.get_experiment(experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert "psnr_" in experiment.tags["mlflow.note.content"]
-    # the grid finds train's run and does not train the configuration again
-    outcome = run_grid("gaussian25", "smoke", ["n2c"], TINY, tracked["uri"], runs_root=tracked["tmp"] / "runs",
-                       data_dir=data_dir, progress=False)
-    assert outcome.skipped == ["n2c"] and outcome.ran == []
+
+    # the grid finds train's run and does not train the configuration again; its summary shows the
+    # table, the files written, the store and the command that opens it
+    results = tracked["tmp"] / "results"
+    grid = runner.invoke(app, ["grid", "--noise", "gaussian25", "--profile", "smoke", "--methods", "n2c",
+                               *[a for o in TINY for a in ("--set", o)], "--tracking-uri", tracked["uri"],
+                               "--runs-dir", str(tracked["tmp"] / "runs"), "--out", str(results)])
+    assert grid.exit_code == 0, grid.output
+    assert "0 ran, 1 already finished" in grid.output and "| n2c |" in grid.output
+    assert str((results / "psnr-gaussian25-smoke.md").resolve()) in grid.output
+    db = (tracked["tmp"] / "mlflow.db").resolve()
+    assert f"mlflow ui --backend-store-uri sqlite:///{db}" in grid.output
+    assert (results / "index.html").is_file()
 
 
 def test_the_logged_network_loads_with_mlflow_pytorch_and_matches_the_checkpoint(tracked):
@@ -183,3 +191,99 @@ def test_a_reused_checkpoint_is_tagged_and_the_curves_name_it(tracked, tmp_path)
     assert figures.runs_without_curve(client, runs) == {"n2c": "reused a finished checkpoint, trained before it was logged"}
     written = figures.learning_curves(client, runs, "gaussian25", "smoke", tmp_path)
     assert [p.name for p in written] == ["curves-gaussian25-smoke.png"]  # a figure saying so, not nothing
+
+
+def test_denoise_finds_a_runs_checkpoint_by_its_run_id(tracked, tmp_path):
+    noisy = np.random.default_rng(8).integers(0, 256, (30, 20, 3), dtype=np.uint8)
+    Image.fromarray(noisy).save(tmp_path / "photo.png")
+    outputs = {}
+    for how, value in (("--run", tracked["first"]["mlflow_run_id"]), ("--checkpoint", tracked["first"]["checkpoint"])):
+        result = runner.invoke(app, ["denoise", how, value, str(tmp_path / "photo.png"), "--out", str(tmp_path / how[2:]),
+                                     "--tracking-uri", tracked["uri"]])
+        assert result.exit_code == 0, result.output
+        outputs[how] = np.asarray(Image.open(tmp_path / how[2:] / "photo.png"))
+    assert outputs["--run"].shape == noisy.shape and np.array_equal(outputs["--run"], outputs["--checkpoint"])
+    missing = runner.invoke(app, ["denoise", "--run", "0" * 32, str(tmp_path / "photo.png"), "--out",
+                                  str(tmp_path / "x"), "--tracking-uri", tracked["uri"]])
+    assert missing.exit_code == 2 and "no run" in missing.output
+
+
+def test_version_and_lists():
+    from importlib import metadata
+
+    from benchmarks.compose import available
+    from n2n_core.methods import METHODS
+
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.output.strip() == f"n2n-bench {metadata.version('n2n-bench')}"
+    methods = runner.invoke(app, ["list", "methods"]).output
+    for name in [*available("methods"), *METHODS]:
+        assert f"  {name} " in methods, name
+    assert "path/to/file.py:ClassName" in methods
+    profiles = runner.invoke(app, ["list", "profiles"]).output
+    assert all(f"  {name} " in profiles for name in available("profiles"))
+    noise = runner.invoke(app, ["list", "noise"]).output
+    for style in ("gaussian25", "gaussian5_50", "poisson30", "poisson5_50", "impulse50", "impulse0_100"):
+        assert style in noise
+        parse_style(style)  # every example it shows is accepted
+    datasets = runner.invoke(app, ["list", "datasets"]).output
+    assert all(name in datasets for name in ("kodak24", "bsd300", "set14", "small32", "folder:PATH"))
+    bad = runner.invoke(app, ["list", "metods"])
+    assert bad.exit_code == 2 and "methods, noise, datasets, profiles" in bad.output
+
+
+COMMANDS = ["evaluate", "train", "grid", "sweep", "report", "denoise", "download", "list"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_help_has_examples_and_uncut_defaults(command):
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0
+    examples = [line for line in result.output.split("Examples:")[1].splitlines() if "n2n-bench " in line]
+    assert len(examples) >= 2, result.output
+    for line in examples:  # each example is a command the parser accepts (up to its placeholders)
+        assert line.strip().split()[1] == command
+    assert "…" not in result.output  # nothing cut with an ellipsis
+    if command == "train":
+        assert "[default: quick]" in result.output and "(default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)" in result.output
+
+
+def test_a_plain_folder_is_a_data_set_and_the_error_suggests_folder(tmp_path):
+    from n2n_core.data.sets import resolve_set
+    from n2n_core.errors import ConfigError
+
+    images = _folder(tmp_path / "mine", [(32, 32), (32, 40)])
+    result = runner.invoke(app, ["evaluate", "--noise", "gaussian25", "--dataset", str(images), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["n_images"] == 2
+    with pytest.raises(ConfigError, match=f"folder:{images}"):
+        resolve_set(str(images), tmp_path)
+
+
+def test_config_file_is_the_same_as_set_and_print_config_runs_nothing(tmp_path):
+    (tmp_path / "run.toml").write_text('seed = 2\n[train]\nlr = 1e-4\nbudget_images = 64\n'
+                                       '[eval]\nrepeats = { kodak24 = 3 }\nsets = ["kodak24"]\n')
+    by_hand = compose_config("smoke", "n2c", "gaussian25", [
+        "seed=2", "train.lr=1e-4", "train.budget_images=96", 'eval.repeats={kodak24=3}', 'eval.sets=["kodak24"]'])
+    result = runner.invoke(app, ["train", "--method", "n2c", "--noise", "gaussian25", "--profile", "smoke",
+                                 "--config", str(tmp_path / "run.toml"), "--set", "train.budget_images=96",
+                                 "--out", str(tmp_path / "run"), "--print-config"])
+    assert result.exit_code == 0, result.output
+    assert f"config_hash {by_hand.config_hash()}" in result.output  # --set won over the file
+    printed = json.loads(result.output[result.output.index("{"):])
+    assert printed["train"]["budget_images"] == 96 and printed["seed"] == 2 and printed["eval"]["repeats"] == {"kodak24": 3}
+    assert not (tmp_path / "run").exists()  # nothing ran
+    grid = runner.invoke(app, ["grid", "--noise", "gaussian25", "--profile", "smoke", "--methods", "noisy,n2c",
+                               "--config", str(tmp_path / "run.toml"), "--print-config"])
+    assert grid.exit_code == 0 and grid.output.count("config_hash ") == 2, grid.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text('noise = "gaussian25"\n')
+    refused = runner.invoke(app, ["train", "--method", "n2c", "--noise", "gaussian25", "--config", str(bad), "--print-config"])
+    assert refused.exit_code == 2 and "--noise on the command line" in refused.output
+
+
+def test_grid_progress_is_weighted_by_training_images():
+    from benchmarks.grid import job_weight, select_jobs
+
+    jobs, _ = select_jobs("gaussian25", "smoke", ["noisy", "n2c"], ["train.budget_images=40"])
+    assert [job_weight(j) for j in jobs] == [1, 40]
