@@ -287,3 +287,37 @@ def test_grid_progress_is_weighted_by_training_images():
 
     jobs, _ = select_jobs("gaussian25", "smoke", ["noisy", "n2c"], ["train.budget_images=40"])
     assert [job_weight(j) for j in jobs] == [1, 40]
+
+
+def test_index_page_escapes_text_links_figures_relatively_and_colours_methods_stably(tmp_path):
+    from html.parser import HTMLParser
+
+    from benchmarks import figures, report_html
+
+    (tmp_path / "figures").mkdir()
+    figure = tmp_path / "figures" / "curves-x.png"
+    figure.write_bytes(b"png")
+    section = report_html.Section("gaussian25 <b>", 'caption with <script>alert("x")</script> & more',
+                                  ["method", "kodak24"], [["n2c", "30.00"], ["<img src=x>", "1"]], [figure])
+    (tmp_path / "sweep-a.csv").write_text("batch,psnr\n4,27.5\n")
+    page = report_html.write_index(tmp_path, [section], "sqlite:///<store>", written=[figure]).read_text()
+
+    class Collect(HTMLParser):
+        tags, text = [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append((tag, dict(attrs)))
+
+        def handle_data(self, data):
+            self.text.append(data)
+
+    parser = Collect()
+    parser.feed(page)
+    assert "script" not in [t for t, _ in parser.tags] and [a["src"] for t, a in parser.tags if t == "img"] == ["figures/curves-x.png"]
+    text = "".join(parser.text)
+    assert 'alert("x")' in text and "<img src=x>" in text and "gaussian25 <b>" in text  # shown as text
+    assert "sweep-a" in text and "27.5" in text  # a table the report did not write is on the page too
+    assert f"background:{figures.method_colour('n2c')}" in page
+    assert figures.method_colour("n2c") == figures.FIXED_COLOURS["n2c"] != figures.method_colour("n2n")
+    assert len(set(figures.FIXED_COLOURS.values())) == len(figures.FIXED_COLOURS)  # no two variants share one
+    assert figures.method_colour("my-method") == figures.method_colour("my-method")  # stable for any name
