@@ -371,34 +371,36 @@ def list_(
     "n2n-bench sweep --network scratch --noise gaussian25 --target n2c"))
 @friendly_errors
 def sweep(
-    network: str = typer.Option(..., help="course network: strided, residual, bn_dropout, prelu, scratch, scratch_torch"),
+    method: str = typer.Option(..., help="method variant, e.g. course-bn-dropout"),
     noise: str = typer.Option(..., help="noise style, e.g. gaussian25"),
+    axes: list[str] = typer.Option(..., "--axis", help="section.key=v1,v2,... (repeat: the cells are the product)"),
     profile: str = typer.Option("quick", help="smoke, quick, reproduction or paper"),
-    batch: str = typer.Option("4,16,32", help="comma-separated batch sizes"),
-    loss: str = typer.Option("l1,l2", help="comma-separated losses (l1, l2)"),
-    lr: str = typer.Option("1e-4,1e-3", help="comma-separated learning rates"),
-    target: str = typer.Option("n2n", help="n2n or n2c"),
-    overrides: list[str] = typer.Option([], "--set", help="section.key=value for every cell"),
+    overrides: list[str] = typer.Option([], "--set", help="section.key=value for every cell (an axis wins)"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"),
     data_dir: Optional[Path] = typer.Option(None, help="data directory (default $N2N_DATA)"),
-    out: Path = typer.Option(Path("results"), help="folder for the table and the heatmap"),
+    out: Path = typer.Option(Path("results"), help="folder for the table and the figure"),
     runs_dir: Optional[Path] = typer.Option(None, help="checkpoints and per-cell files (default runs/)"),
 ) -> None:
-    """Batch size × loss × learning rate for one 32×32 course network; every cell is a run."""
-    from benchmarks.sweep import parse_list, run_sweep
+    """Train one variant on every cell of the product of the axes; every cell is a run.
 
-    outcome = run_sweep(network, noise, profile, parse_list(batch, int, "batch"), parse_list(loss, str, "loss"),
-                        parse_list(lr, float, "lr"), target, overrides, tracking_uri, runs_root=runs_dir,
-                        data_dir=_data_dir(data_dir), out=out, progress=sys.stderr.isatty())
+    Rows are the first axis's values, columns the second's, one block per value of the others.
+    Report B's grid: --method course-bn-dropout --axis train.batch_size=32,64,128
+    --axis train.lr=1e-4,1e-3,2e-3 --axis method.loss=l1,l2
+    """
+    from benchmarks.sweep import best_cell, parse_axis, run_sweep
+
+    outcome = run_sweep(method, noise, profile, [parse_axis(a) for a in axes], overrides, tracking_uri,
+                        runs_root=runs_dir, data_dir=_data_dir(data_dir), out=out, progress=sys.stderr.isatty())
     for path in outcome.written:
         typer.echo(f"wrote {path}", err=True)
+    if outcome.note:
+        typer.echo(outcome.note, err=True)
     if not outcome.table.empty:
-        best = outcome.table.loc[outcome.table.psnr.idxmax()]
-        typer.echo(f"sweep {network}: {len(outcome.table)} cells; best {best.psnr:.2f} dB at batch "
-                   f"{best.batch}, {best.loss}, lr {best.lr:g}")
+        best = best_cell(outcome.table, outcome.keys)
+        typer.echo(f"sweep {method}: {len(outcome.table)} cells" + (f"; best {best}" if best else ""))
+    for name, why in outcome.failed.items():
+        typer.echo(f"FAILED {name}: {why}", err=True)
     if outcome.failed:
-        for name, why in outcome.failed.items():
-            typer.echo(f"FAILED {name}: {why}", err=True)
         raise typer.Exit(1)
 
 

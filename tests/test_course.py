@@ -4,7 +4,7 @@ Every course network trains on small32 under the smoke profile through `n2n-benc
 checkpoint scores through `n2n-bench evaluate --dataset small32`; small32's crops are compared with
 the BSD300 test images they are cut from; the course32 loader round-trips plain-tensor pickles and
 refuses one that carries code; the scratch network trains through the ordinary Trainer without
-autograd and resumes bit for bit; the sweep writes one table cell per (batch, loss, lr).
+autograd and resumes bit for bit; the course grid (batch × loss × lr) is one generic sweep.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from n2n_core.seeding import make_generator
 from n2n_core.train.checkpoint import load_checkpoint
 from n2n_core.train.trainer import Trainer
 
-NETWORKS = ["strided", "residual", "bn-dropout", "prelu", "scratch", "scratch-torch"]
+NETWORKS = ["strided", "residual", "bn-dropout", "prelu", "scratch", "scratch-torch", "scratch-tconv",
+            "scratch-tconv-torch"]
 TINY = ["--set", "train.budget_images=8", "--set", "train.batch_size=4"]
 CPU = torch.device("cpu")
 
@@ -262,38 +263,119 @@ def test_scratch_resume_equals_the_uninterrupted_run(tiny_images, tmp_path, loss
 # ----------------------------------------------------------------------------- the sweep
 
 
-def test_sweep_writes_one_cell_per_batch_loss_and_lr(tmp_path, data_dir):
-    args = ["sweep", "--network", "scratch", "--noise", "gaussian25", "--profile", "smoke",
-            "--batch", "2,4", "--loss", "l1,l2", "--lr", "0.5,1", "--set", "train.budget_images=4",
+def sweep_args(tmp_path, data_dir, method: str, *axes: str) -> list[str]:
+    return ["sweep", "--method", method, "--noise", "gaussian25", "--profile", "smoke",
+            *[a for axis in axes for a in ("--axis", axis)], "--set", "train.budget_images=4",
             "--set", "train.validation_images=0", "--set", "eval.max_images=2",
             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--runs-dir", str(tmp_path / "runs"),
             "--out", str(tmp_path / "results"), "--data-dir", str(data_dir)]
+
+
+def test_the_course_grid_is_one_sweep_of_three_axes(tmp_path, data_dir):
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    args = sweep_args(tmp_path, data_dir, "course-scratch", "train.batch_size=2,4", "train.lr=0.5,1",
+                      "method.loss=l1,l2")
     result = invoke(args)
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    stem = tmp_path / "results" / "sweep-scratch-n2n-gaussian25-smoke"
-    import pandas as pd
-
-    table = pd.read_csv(stem.with_suffix(".csv"))
-    cells = {(int(r.batch), r.loss, float(r.lr)) for r in table.itertuples()}
+    stem = tmp_path / "results" / "sweep-course-scratch-gaussian25-smoke-train.batch_size-train.lr-method.loss"
+    table = pd.read_csv(f"{stem}.csv")
+    cells = {(int(r[0]), r[1], float(r[2])) for r in table[["train.batch_size", "method.loss", "train.lr"]].values}
     assert cells == {(b, loss, lr) for b in (2, 4) for loss in ("l1", "l2") for lr in (0.5, 1.0)}
     assert table.psnr.notna().all() and (table.set == "small32").all()
-    markdown = stem.with_suffix(".md").read_text()
-    assert "| l1: batch \\ lr | 0.5 | 1 |" in markdown and "Best:" in markdown
-    assert stem.with_suffix(".png").stat().st_size > 1000
+    markdown = Path(f"{stem}.md").read_text()
+    assert "| method.loss=l1: train.batch_size \\ train.lr | 0.5 | 1 |" in markdown and "Best:" in markdown
+    assert "No figure: 3 axes" in markdown and "No figure: 3 axes" in result.stderr
+    assert not Path(f"{stem}.png").exists()
+    # nested runs: one parent holding the table, one child per cell with that cell's configuration
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("n2n-bench-sweep")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("sweep") == "1"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = {r.info.run_id: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    assert set(children) == set(table.run_id)
+    for row in table.to_dict("records"):
+        params = children[row["run_id"]].data.params
+        assert float(params["train.lr"]) == row["train.lr"] and params["method.loss"] == row["method.loss"]
+        assert int(params["train.batch_size"]) == row["train.batch_size"] and params["train.patch_size"] == "32"
+    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} == {f"{stem.name}.md", f"{stem.name}.csv"}
     again = invoke(args)  # every cell is finished: read back from MLflow, nothing retrained
     assert again.exit_code == 0, again.output
-    assert pd.read_csv(stem.with_suffix(".csv")).run_id.tolist() == table.run_id.tolist()
+    assert pd.read_csv(f"{stem}.csv").run_id.tolist() == table.run_id.tolist()
 
 
+def test_a_sweep_of_one_axis_draws_psnr_against_it(tmp_path, data_dir):
+    result = invoke(sweep_args(tmp_path, data_dir, "course-scratch", "train.lr=0.5,1"))
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    stem = tmp_path / "results" / "sweep-course-scratch-gaussian25-smoke-train.lr"
+    assert Path(f"{stem}.md").read_text().startswith("| train.lr | PSNR (dB) |\n|---|---|\n| 0.5 |")
+    assert Path(f"{stem}.png").stat().st_size > 1000
+    assert "sweep course-scratch: 2 cells; best" in result.stdout
 
-def test_sweep_with_an_invalid_cell_fails_before_anything_is_written(tmp_path, data_dir):
+
+def test_sweep_tables_and_figures_follow_the_axes():
+    import pandas as pd
+
+    from benchmarks.sweep import to_markdown, write_outputs
+
+    rows = [{"a.x": x, "b.y": y, "psnr": 20 + 10 * x + (y == "l2"), "set": "small32"}
+            for x in (4, 1) for y in ("l2", "l1")]
+    table = pd.DataFrame(rows)
+    text = to_markdown(table, ["a.x", "b.y"], "caption")
+    assert text.splitlines()[:4] == ["| a.x \\ b.y | l2 | l1 |", "|---|---|---|", "| 4 | 61.00 | 60.00 |",
+                                     "| 1 | 31.00 | 30.00 |"]  # the axes' order, not sorted
+    assert "Best: 61.00 dB at a.x=4, b.y=l2." in text and text.endswith("caption\n")
+
+
+@pytest.mark.parametrize("words", ["line", "bars", "heatmap"])
+def test_sweep_figures(tmp_path, words):
+    import pandas as pd
+
+    from benchmarks.sweep import write_outputs
+
+    if words == "heatmap":
+        table, keys = pd.DataFrame({"k.a": [1, 1, 2, 2], "k.b": [3, 4, 3, 4], "psnr": [1.0, 2, 3, 4]}), ["k.a", "k.b"]
+    else:
+        values = [1e-4, 1e-3, 1e-2] if words == "line" else ["l1", "l2", "l3"]
+        table, keys = pd.DataFrame({"k.a": values, "psnr": [20.0, 21, 22]}), ["k.a"]
+    table["set"] = "small32"
+    paths, note = write_outputs(table, keys, tmp_path / "s-k.a", "caption: text")
+    assert note == "" and [p.name for p in paths] == ["s-k.a.md", "s-k.a.csv", "s-k.a.png"]
+    assert paths[2].read_bytes().startswith(b"\x89PNG") and paths[2].stat().st_size > 1000
+
+
+def test_split_values_respects_brackets_and_quotes():
+    from benchmarks.sweep import split_values
+
+    assert split_values(" 1e-4, 1e-3 ,") == ["1e-4", "1e-3"]
+    assert split_values('["a","b"],["c"]') == ['["a","b"]', '["c"]']
+    assert split_values('"x,y",z') == ['"x,y"', "z"]
+
+
+@pytest.mark.parametrize(
+    "axes, needle",
+    [
+        (["train.batch_size=4", "train.lr=1e-3,-1"], "train.lr"),  # the second cell is invalid
+        (["train.lr"], "section.key=v1,v2"),
+        (["train.lr="], "no values"),
+        (["train.lrr=1e-3"], "did you mean 'lr'"),
+        (["train.lr=1e-3,0.001"], "same configuration"),
+        (["train.lr=1e-3", "train.lr=1e-4"], "names a key twice"),
+    ],
+    ids=["invalid-cell", "no-equals", "no-values", "misspelt-key", "same-cell-twice", "key-twice"],
+)
+def test_a_bad_sweep_fails_before_anything_is_written(tmp_path, data_dir, axes, needle):
     store = tmp_path / "mlflow.db"
-    result = invoke(["sweep", "--network", "strided", "--noise", "gaussian25", "--profile", "smoke",
-                     "--batch", "4", "--loss", "l2", "--lr", "1e-3,-1", "--tracking-uri", f"sqlite:///{store}",
+    result = invoke(["sweep", "--method", "course-strided", "--noise", "gaussian25", "--profile", "smoke",
+                     *[a for axis in axes for a in ("--axis", axis)], "--tracking-uri", f"sqlite:///{store}",
                      "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "results"),
                      "--data-dir", str(data_dir)])
-    assert result.exit_code == 2 and "train.lr" in result.output, result.output
+    assert result.exit_code == 2 and needle in result.output, result.output
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no store, no runs, no results
+
 
 # ----------------------------------------------------------------------------- the report
 

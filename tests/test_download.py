@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from n2n_core.data import download as dl
+from n2n_core.data import sources
 from n2n_core.errors import ConfigError, DataError
 
 
@@ -109,24 +110,24 @@ def tar_bytes(members: list[tuple], tmp_path: Path) -> bytes:
 def test_sha256_and_verify_file(tmp_path):
     f = tmp_path / "f.bin"
     f.write_bytes(GOOD)
-    assert dl.sha256_file(f) == sha(GOOD)
-    assert dl.verify_file(f, sha(GOOD))
-    assert dl.verify_file(f, sha(GOOD).upper())
-    assert not dl.verify_file(f, sha(OTHER))
-    assert not dl.verify_file(tmp_path / "missing", sha(GOOD))
-    assert not dl.verify_file(tmp_path, sha(GOOD))  # a folder is not a valid file
+    assert sources.sha256_file(f) == sha(GOOD)
+    assert sources.verify_file(f, sha(GOOD))
+    assert sources.verify_file(f, sha(GOOD).upper())
+    assert not sources.verify_file(f, sha(OTHER))
+    assert not sources.verify_file(tmp_path / "missing", sha(GOOD))
+    assert not sources.verify_file(tmp_path, sha(GOOD))  # a folder is not a valid file
 
 
 def test_packaged_checksum_table():
-    table = dl.load_checksums()
+    table = sources.load_checksums()
     assert len(table) == 325
     assert table["kodak24/kodim01.png"].startswith("a56e27cbf5f8")
-    assert len(dl.set_files("kodak24")) == 24
-    assert len(dl.set_files("bsd300")) == 101  # 100 test images + iids_test.txt
-    assert len(dl.set_files("bsd300-train")) == 200
-    assert dl.set_files("set14") == {}
-    assert set(dl.SET_NAMES) == {"kodak24", "bsd300", "bsd300-train", "set14"}
-    assert "set14" not in dl.VERIFIED_SETS
+    assert len(sources.set_files("kodak24")) == 24
+    assert len(sources.set_files("bsd300")) == 101  # 100 test images + iids_test.txt
+    assert len(sources.set_files("bsd300-train")) == 200
+    assert sources.set_files("set14") == {}
+    assert set(sources.SET_NAMES) == {"kodak24", "bsd300", "bsd300-train", "set14"}
+    assert "set14" not in sources.VERIFIED_SETS
 
 
 def test_unknown_set_is_a_config_error(data_dir):
@@ -200,7 +201,7 @@ def test_corrupt_file_is_deleted_and_reported(server, data_dir):
     assert "kodak24/kodim03.png" in msg and expected in msg and actual in msg
     assert "--mirror" in msg and "n2n-bench download kodak24" in msg
     assert not (data_dir / "kodak24/kodim03.png").exists()
-    assert list((data_dir / "kodak24").iterdir()) == []  # no temp file left behind
+    assert not data_dir.exists()  # no temp file left behind, nor the folders it made
 
 
 def test_http_error_names_url_and_fix(server, data_dir):
@@ -265,14 +266,14 @@ def test_archive_extracted_remapped_and_idempotent(server, data_dir, tmp_path):
     dl.download_set("bsd300", data_dir, mirror=server.url, checksums=BSD_TABLE, progress=False)
     assert (data_dir / "bsd300/test/3096.jpg").read_bytes() == b"test image 3096"
     assert len(server.requests) == 3
-    assert dl.verify_set("bsd300", data_dir, checksums=BSD_TABLE) == []
+    assert sources.verify_set("bsd300", data_dir, checksums=BSD_TABLE) == []
 
 
 def test_archive_without_id_list_derives_it(server, data_dir, tmp_path):
     server.put("BSDS300-images.tgz", bsds_archive(tmp_path, with_ids=False))
     dl.download_set("bsd300", data_dir, mirror=server.url, checksums=BSD_TABLE, progress=False)
     assert (data_dir / "bsd300/iids_test.txt").read_bytes() == b"3096\n101085\n"
-    assert dl.verify_set("bsd300", data_dir, checksums=BSD_TABLE) == []
+    assert sources.verify_set("bsd300", data_dir, checksums=BSD_TABLE) == []
     dl.download_set("bsd300", data_dir, mirror=server.url, checksums=BSD_TABLE, progress=False)
     assert len(server.requests) == 1  # the derived list counts as valid
 
@@ -286,7 +287,7 @@ def test_archive_id_list_with_other_line_endings_is_accepted(server, data_dir, t
     server.put("BSDS300-images.tgz", tar_bytes(members, tmp_path))
     dl.download_set("bsd300", data_dir, mirror=server.url, checksums=BSD_TABLE, progress=False)
     assert (data_dir / "bsd300/iids_test.txt").read_bytes() == b"101085\r\n3096\r\n"
-    assert dl.verify_set("bsd300", data_dir, checksums=BSD_TABLE) == []
+    assert sources.verify_set("bsd300", data_dir, checksums=BSD_TABLE) == []
 
 
 def test_archive_member_mismatch(server, data_dir, tmp_path):
@@ -325,7 +326,7 @@ def test_archive_missing_member(server, data_dir, tmp_path):
 
 def test_not_an_archive(server, data_dir):
     server.put("BSDS300-images.tgz", b"<html>error page</html>")
-    with pytest.raises(DataError, match="not a tar or zip archive"):
+    with pytest.raises(DataError, match="not a tar archive"):
         dl.download_set("bsd300", data_dir, mirror=server.url, checksums=BSD_TABLE, progress=False)
     assert leftovers(data_dir) == []
 
@@ -446,37 +447,26 @@ def zip_with(path: Path, members: list[tuple[str, bytes, int | None]]) -> Path:
     return path
 
 
-def test_safe_extract_good_zip(tmp_path, target):
-    archive = zip_with(
-        tmp_path / "good.zip",
-        [("Set14/", b"", stat.S_IFDIR | 0o755), ("Set14/a.png", b"a", stat.S_IFREG | 0o644),
-         ("Set14/b.png", b"b", None)],
-    )
-    written = dl.safe_extract(archive, target)
-    names = sorted(p.relative_to(target).as_posix() for p in written)
-    assert names == ["Set14/a.png", "Set14/b.png"]
-    assert (target / "Set14/b.png").read_bytes() == b"b"
-
-
 @pytest.mark.parametrize(
-    "members, needle",
+    "members",
     [
-        ([("ok.txt", b"ok", None), ("../evil", b"evil", None)], "'../evil'"),
-        ([("..\\evil", b"evil", None)], "'..\\\\evil'"),
-        ([("{abs}", b"evil", None)], "absolute path"),
-        ([("link", b"../outside", stat.S_IFLNK | 0o777)], "'link'"),
-        ([("fifo", b"", stat.S_IFIFO | 0o644)], "'fifo'"),
+        [("Set14/", b"", stat.S_IFDIR | 0o755), ("Set14/a.png", b"a", stat.S_IFREG | 0o644)],
+        [("ok.txt", b"ok", None), ("../evil", b"evil", None)],
+        [("..\\evil", b"evil", None)],
+        [("{abs}", b"evil", None)],
+        [("link", b"../outside", stat.S_IFLNK | 0o777)],
+        [("fifo", b"", stat.S_IFIFO | 0o644)],
     ],
-    ids=["dotdot", "backslash-dotdot", "absolute", "symlink", "fifo"],
+    ids=["good", "dotdot", "backslash-dotdot", "absolute", "symlink", "fifo"],
 )
-def test_safe_extract_refuses_unsafe_zip(tmp_path, target, members, needle):
+def test_safe_extract_refuses_zip(tmp_path, target, members):
+    # No source is a zip: every zip, harmless or hostile, is refused before anything is written.
     absolute = str(tmp_path / "abs_evil")
     members = [(n.replace("{abs}", absolute), d, m) for n, d, m in members]
-    archive = zip_with(tmp_path / "evil.zip", members)
-    with pytest.raises(DataError) as err:
+    archive = zip_with(tmp_path / "some.zip", members)
+    with pytest.raises(DataError, match="some.zip is not a tar archive"):
         dl.safe_extract(archive, target)
-    assert needle in str(err.value)
-    assert list(target.iterdir()) == []
+    assert not target.exists() or list(target.iterdir()) == []
     assert outside_files(tmp_path, target, archive) == []
 
 
@@ -491,6 +481,62 @@ def test_safe_extract_truncated_archive(tmp_path, target):
     good = make_tar(tmp_path / "t.tgz", [("a.bin", os.urandom(200_000))]).read_bytes()
     broken = tmp_path / "broken.tgz"
     broken.write_bytes(good[: len(good) // 2])
-    with pytest.raises(DataError, match="damaged|not a tar or zip"):
+    with pytest.raises(DataError, match="damaged|not a tar archive"):
         dl.safe_extract(broken, target)
     assert list(target.rglob("*")) == []
+
+
+# --------------------------------------------------------------------------- failures leave nothing
+
+
+def test_failed_download_removes_the_folders_it_made(server, data_dir):
+    # set14 from a mirror without the archive: no empty set14/ (nor data dir) left behind
+    with pytest.raises(DataError, match="404"):
+        dl.download_set("set14", data_dir, mirror=server.url, allow_unverified=True, progress=False)
+    assert not data_dir.exists()
+    data_dir.mkdir()
+    (data_dir / "kodak24").mkdir()  # a folder that was there before stays
+    with pytest.raises(DataError, match="404"):
+        dl.download_set("set14", data_dir, mirror=server.url, allow_unverified=True, progress=False)
+    with pytest.raises(DataError, match="404"):
+        dl.download_set("bsd300-train", data_dir, mirror=server.url, checksums=BSD_TABLE, progress=False)
+    assert sorted(p.name for p in data_dir.rglob("*")) == ["kodak24"]
+
+
+def test_failed_download_keeps_the_files_already_verified(server, data_dir):
+    server.put("kodim01.png", GOOD)
+    table = {"kodak24/kodim01.png": sha(GOOD), "kodak24/kodim02.png": sha(OTHER)}  # 02 not served
+    with pytest.raises(DataError, match="kodim02.png.*404"):
+        dl.download_set("kodak24", data_dir, mirror=server.url, checksums=table, progress=False)
+    assert sorted(p.name for p in data_dir.rglob("*")) == ["kodak24", "kodim01.png"]
+    server.put("kodim02.png", OTHER)
+    dl.download_set("kodak24", data_dir, mirror=server.url, checksums=table, progress=False)
+    assert server.requests == ["/kodim01.png", "/kodim02.png", "/kodim02.png"]  # 01 not fetched again
+
+
+def test_data_dir_that_cannot_be_made_is_one_line(tmp_path, server, monkeypatch):
+    from typer.testing import CliRunner
+
+    from benchmarks.cli import app
+
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"not a folder")
+    server.put("kodim01.png", GOOD)
+    with pytest.raises(DataError, match="could not write kodak24 into .*file/x.*N2N_DATA"):
+        dl.download_set("kodak24", blocker / "x", mirror=server.url, progress=False,
+                        checksums={"kodak24/kodim01.png": sha(GOOD)})
+    assert server.requests == []
+    monkeypatch.setenv("N2N_DATA", str(blocker / "x"))
+    result = CliRunner().invoke(app, ["download", "kodak24", "--mirror", server.url])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: could not write kodak24")
+    assert blocker.read_bytes() == b"not a folder"
+
+
+def test_file_mirror(tmp_path, data_dir):
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+    (folder / "kodim01.png").write_bytes(GOOD)
+    table = {"kodak24/kodim01.png": sha(GOOD)}
+    dl.download_set("kodak24", data_dir, mirror=folder.as_uri(), checksums=table, progress=False)
+    assert (data_dir / "kodak24/kodim01.png").read_bytes() == GOOD

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from n2n_core.config import TrainConfig
+from n2n_core.config import DataConfig, EvalConfig, TrainConfig
 from n2n_core.data.train_stream import CropStream
 from n2n_core.errors import ConfigError
-from n2n_core.methods import METHODS, Rngs, build_method, method_config
+from n2n_core.methods import METHODS, Step, build_method, method_config
 from n2n_core.methods import ssdn_math as sm
 from n2n_core.methods.base import LossOutput
 from n2n_core.methods.losses import annealed_exponent, annealed_l_loss, annealed_l_loss_grad
@@ -34,8 +34,8 @@ IMPULSE50 = parse_style("impulse50")
 INITIAL_LEVEL = math.log1p(math.exp(-4.0)) + 1e-3  # softplus(0 − 4) + 1e-3
 
 
-def rngs(images_seen: int = 0, budget: int = 0) -> Rngs:
-    return Rngs(noise=make_generator(10), method=make_generator(20), images_seen=images_seen,
+def rngs(images_seen: int = 0, budget: int = 0) -> Step:
+    return Step(noise=make_generator(10), method=make_generator(20), images_seen=images_seen,
                 budget_images=budget)
 
 
@@ -109,7 +109,7 @@ def fit_constant(method, clean_value: int = 77, steps: int = 200, batch: int = 8
     stream = CropStream(images, patch_size=32, seed=0)
     cfg = TrainConfig(budget_images=steps * batch, batch_size=batch, patch_size=32, lr=0.01,
                       validation_images=0)
-    model = Trainer(method, stream, cfg, seed=0, device=torch.device("cpu"), progress=False).fit(Constant())
+    model = Trainer(method, stream, cfg, seed=0, device=torch.device("cpu"), progress=False).fit(Constant())[0]
     return float(model.value.detach())
 
 
@@ -246,8 +246,9 @@ def test_impulse_methods_decrease_their_loss_on_a_fixed_batch(name, fields, styl
 
 def test_n2v_and_cbm3d_refuse_impulse_naming_the_methods_that_model_it():
     for name in ("n2v", "cbm3d"):
-        with pytest.raises(ConfigError) as err:
-            build_method(method_config(name), IMPULSE50)
+        with pytest.raises(ConfigError) as err:  # configuration validation runs Method.check
+            METHODS[name].check(method_config(name), IMPULSE50, TrainConfig(budget_images=8),
+                                EvalConfig(), DataConfig())
         message = str(err.value)
         assert "\n" not in message and "impulse50" in message
         assert set(_named_methods(message)) - {name} == {"n2c", "n2n", "ssdn", "ssdn-mu"}, message
@@ -264,9 +265,15 @@ def _suggestions(message: str) -> list[tuple[str, bool]]:
     return [(word, bool(scope)) for word, scope in found if word in METHODS and word != "noisy"]
 
 
+def _check(name: str, fields: dict, style: str, channels: int) -> None:
+    """What configuration validation asks of a method: its Method.check (raises ConfigError)."""
+    METHODS[name].check(method_config(name, **fields), parse_style(style), TrainConfig(budget_images=8),
+                        EvalConfig(), DataConfig(channels=channels))
+
+
 def _builds(name: str, style: str, channels: int) -> bool:
     try:
-        build_method(method_config(name), parse_style(style), channels)
+        _check(name, {}, style, channels)
     except ConfigError:
         return False
     return True
@@ -278,7 +285,7 @@ def test_every_refusal_names_only_methods_that_accept_the_pairing(style, channel
     for name in METHODS:
         for fields in ({}, {"sigma": "constant"}, {"sigma": "per_image"}) if name == "ssdn" else ({},):
             try:
-                build_method(method_config(name, **fields), parse_style(style), channels)
+                _check(name, fields, style, channels)
             except ConfigError as err:
                 message = str(err)
                 assert "\n" not in message

@@ -17,7 +17,7 @@ from PIL import Image
 from pydantic import ValidationError
 from torch.distributions import Normal
 
-from benchmarks import experiment
+from benchmarks import artefacts, compose, training
 from n2n_core.config import ExperimentConfig
 from n2n_core.data.images import set_channels
 from n2n_core.data.sets import resolve_set
@@ -97,14 +97,14 @@ def test_psnr_uint8_on_one_channel_images_matches_numpy():
 
 
 def test_data_channels_is_set_validated_and_part_of_the_run_identity():
-    rgb = experiment.compose_config("smoke", "n2c", "gaussian25")
-    mono = experiment.compose_config("smoke", "n2c", "gaussian25", ["data.channels=1"])
+    rgb = compose.compose_config("smoke", "n2c", "gaussian25")
+    mono = compose.compose_config("smoke", "n2c", "gaussian25", ["data.channels=1"])
     assert rgb.data.channels == 3 and mono.data.channels == 1
     assert json.loads(mono.canonical_json())["data"] == {"channels": 1}
     assert mono.config_hash() != rgb.config_hash()
     assert ExperimentConfig.model_validate_json(mono.canonical_json()) == mono
     with pytest.raises(ValidationError):
-        experiment.compose_config("smoke", "n2c", "gaussian25", ["data.channels=2"])
+        compose.compose_config("smoke", "n2c", "gaussian25", ["data.channels=2"])
 
 
 @pytest.mark.parametrize(("variant", "noise", "hint"), [
@@ -114,7 +114,7 @@ def test_data_channels_is_set_validated_and_part_of_the_run_identity():
 ])
 def test_methods_without_a_greyscale_model_refuse_it_in_one_line(variant, noise, hint):
     with pytest.raises((ConfigError, ValidationError)) as err:
-        experiment.compose_config("smoke", variant, noise, ["data.channels=1"])
+        compose.compose_config("smoke", variant, noise, ["data.channels=1"])
     message = str(err.value.errors()[0]["ctx"]["error"]) if isinstance(err.value, ValidationError) else str(err.value)
     assert hint in message and "\n" not in message and "data.channels" in message
 
@@ -151,9 +151,9 @@ def test_plain_methods_output_one_channel(name):
 
 
 def _rngs():
-    from n2n_core.methods import Rngs
+    from n2n_core.methods import Step
 
-    return Rngs(noise=make_generator(10), method=make_generator(20))
+    return Step(noise=make_generator(10), method=make_generator(20))
 
 
 # ----------------------------------------------------------------------------- SSDN algebra
@@ -244,19 +244,19 @@ def grey_folder(tmp_path):
 @pytest.mark.parametrize("variant", ["n2c", "ssdn-known"])
 def test_mono_run_trains_and_scores_end_to_end(variant, grey_folder, tmp_path):
     folder = f"folder:{grey_folder}"
-    cfg = experiment.compose_config("smoke", variant, "gaussian25", [
+    cfg = compose.compose_config("smoke", variant, "gaussian25", [
         "data.channels=1", f"train.train_set={folder}", f"train.validation_set={folder}",
         f"eval.sets=['{folder}']", "train.budget_images=4", "train.batch_size=2", "train.patch_size=32",
         "train.checkpoint_every_images=4", "train.validate_every_images=4", "train.validation_images=1",
         "eval.center_crop=32", "eval.max_images=1",
     ])
     out = tmp_path / "run"
-    result = experiment.train(cfg, out, data_dir=tmp_path, progress=False)
+    result = training.train(cfg, out, data_dir=tmp_path, progress=False)
     assert result.images_seen == 4
     assert json.loads((out / "config.json").read_text())["data"] == {"channels": 1}
     first_conv = result.model.body.encoder[0] if variant == "n2c" else result.model.net.body.encoder[0]
     assert first_conv.in_channels == 1
-    scores = experiment.score_all(result, out, tmp_path, progress=False)
+    scores = artefacts.score_all(result, out, tmp_path, progress=False)
     (score,) = scores.values()
     assert score.n_evaluations == 1 and math.isfinite(score.psnr_mean)
     with Image.open(next(out.glob("crop-*-denoised.png"))) as crop:

@@ -9,22 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from n2n_core.methods import Step, build_method, method_config
+from n2n_core.methods import build_method, method_config
 from n2n_core.noise import parse_style
 from n2n_core.seeding import make_generator
-
-
-def rngs(noise_seed: int = 10, method_seed: int = 20) -> Step:
-    return Step(noise=make_generator(noise_seed), method=make_generator(method_seed))
-
-
-def clean_batch(n: int = 2, size: int = 32, seed: int = 1) -> torch.Tensor:
-    return 0.1 + 0.8 * torch.rand(n, 3, size, size, generator=make_generator(seed))
-
-
-def make(config, style: str = "gaussian25"):
-    method = build_method(config, parse_style(style))
-    return method, method.build_model(make_generator(0))
+from test_ssdn import clean_batch, make, rngs  # the same small helpers as SSDN's own checks
 
 
 def test_every_method_sees_the_same_noisy_input_at_a_step():

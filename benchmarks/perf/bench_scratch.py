@@ -1,6 +1,6 @@
-"""Forward+backward time of the from-scratch course network against its torch.nn twin.
+"""Forward+backward time of a from-scratch course network against its torch.nn twin.
 
-    .venv/bin/python benchmarks/perf/bench_scratch.py [--batch 64] [--channels 24] [--repeats 40]
+    .venv/bin/python benchmarks/perf/bench_scratch.py [--network nearest|tconv] [--batch 64] [--channels 24]
 
 Both models get the same weights and the same batch of 3×32×32 images and targets; one timed step
 is zero_grad, forward, MSE, backward (no optimiser update). The two steps are timed alternately
@@ -17,7 +17,9 @@ import time
 
 import torch
 
-from n2n_core.scratch import MSE, copy_weights, course_network, course_network_torch
+from n2n_core.scratch import MSE, copy_weights, course_network, course_network_torch, tconv_network, tconv_network_torch
+
+NETWORKS = {"nearest": (course_network, course_network_torch), "tconv": (tconv_network, tconv_network_torch)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -27,8 +29,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--repeats", type=int, default=40, help="timed steps per model")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per model first")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
-    parser.add_argument("--backend", default="strided", choices=("strided", "unfold"), help="scratch conv columns")
-    parser.add_argument("--unfused", action="store_true", help="literal upsample-then-conv in the scratch net")
+    parser.add_argument("--network", default="nearest", choices=tuple(NETWORKS),
+                        help="course-scratch (nearest upsampling) or course-scratch-tconv")
     parser.add_argument(
         "--no-input-grad", action="store_true",
         help="skip the scratch net's input gradient (the torch twin never computes it: x needs no grad)",
@@ -39,11 +41,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     generator = torch.Generator()
     generator.manual_seed(0)
-    scratch = course_network(
-        args.channels, generator, fused_upsampling=not args.unfused, backend=args.backend,
-        input_grad=not args.no_input_grad,
-    )
-    twin = course_network_torch(args.channels)
+    build, build_twin = NETWORKS[args.network]
+    scratch = build(args.channels, generator, input_grad=not args.no_input_grad)
+    twin = build_twin(args.channels)
     copy_weights(scratch, twin)
     loss_fn = MSE()
     x = torch.rand(args.batch, 3, 32, 32, generator=generator)
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     }
     print(
         f"batch {args.batch}x3x32x32, C={args.channels}, threads {torch.get_num_threads()}, "
-        f"{args.repeats} timed steps each (fwd+bwd), backend {args.backend}, fused upsampling {not args.unfused}, "
+        f"{args.repeats} timed steps each (fwd+bwd), network {args.network}, "
         f"input grad {not args.no_input_grad}"
     )
     print(f"loss scratch {l_s:.6f} torch {l_t:.6f}; max relative grad difference {grad_err:.2e}")

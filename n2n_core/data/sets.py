@@ -13,15 +13,15 @@ import torch
 
 from ..errors import ConfigError, DataError
 from .images import IMAGE_SUFFIXES, read_image_cached, set_channels
-from .manifest import entries_for, sha256_file
+from .sources import files_under, sha256_file
 
-# name → (manifest set, folder under the data dir, default evaluation repeats of the paper, §8)
-REGISTERED: dict[str, tuple[str | None, str, int]] = {
-    "kodak24": ("kodak24", "kodak24", 10),
-    "bsd300": ("bsd300/test", "bsd300/test", 3),
-    "bsd300-train": ("bsd300/train", "bsd300/train", 1),
-    "set14": (None, "set14", 20),  # download only; no checksums kept (see download.py)
-    "imagenet-val": (None, "imagenet-val", 1),  # a folder the user provides: $N2N_IMAGENET
+# name → (checksums kept, folder under the data dir, default evaluation repeats of the paper, §8)
+REGISTERED: dict[str, tuple[bool, str, int]] = {
+    "kodak24": (True, "kodak24", 10),
+    "bsd300": (True, "bsd300/test", 3),
+    "bsd300-train": (True, "bsd300/train", 1),
+    "set14": (False, "set14", 20),  # download only; no checksums kept (see sources.py)
+    "imagenet-val": (False, "imagenet-val", 1),  # a folder the user provides: $N2N_IMAGENET
 }
 SET_FORMS = ", ".join(REGISTERED) + ", small32, folder:PATH, course32:DIR"
 IMAGENET_SIDES = (256, 512)  # the paper's training set: ILSVRC2012 val images with both sides here
@@ -105,22 +105,22 @@ def _resolve_files(name: str, data_dir: Path) -> ImageSet:
     if name not in REGISTERED:
         hint = f" (a folder of images is named folder:{name})" if Path(name).expanduser().is_dir() else ""
         raise ConfigError(f"unknown data set {name!r}{hint}; expected one of: {SET_FORMS}")
-    manifest_set, folder, repeats = REGISTERED[name]
+    verified, folder, repeats = REGISTERED[name]
     if name == "imagenet-val":
         root = Path(os.environ.get("N2N_IMAGENET", data_dir / folder))
         return _folder_set(name, root, filter_sides=IMAGENET_SIDES)
     _require_data_dir(data_dir, name)
-    if manifest_set is None:
+    if not verified:
         return _folder_set(name, data_dir / folder, filter_sides=None, repeats=repeats)
-    entries = entries_for(manifest_set)
-    paths = tuple(data_dir / e.relative_path for e in entries)
+    files = files_under(folder)
+    paths = tuple(data_dir / rel for rel in files)
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise DataError(
             f"data set {name}: {len(missing)} of {len(paths)} images missing (first: {missing[0]}); "
             f"run 'n2n-bench download {name}' or point N2N_DATA at a directory that has them"
         )
-    return ImageSet(name, paths, tuple(e.sha256 for e in entries), repeats)
+    return ImageSet(name, paths, tuple(files.values()), repeats)
 
 
 def _require_data_dir(data_dir: Path, name: str) -> None:

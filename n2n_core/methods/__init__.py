@@ -16,8 +16,13 @@ from .course import Course
 from .n2c import N2C
 from .n2n import N2N
 from .n2v import N2V
+from .n2v2 import N2V2
+from .neighbor2neighbor import Neighbor2Neighbor
+from .noise2self import Noise2Self
 from .noisy import Noisy
+from .r2r import R2R
 from .ssdn import SSDN, SSDNMu
+from .zs_n2n import ZSN2N
 
 METHODS: dict[str, type[Method]] = {
     "noisy": Noisy,
@@ -26,6 +31,11 @@ METHODS: dict[str, type[Method]] = {
     "n2v": N2V,
     "ssdn": SSDN,
     "ssdn-mu": SSDNMu,
+    "n2v2": N2V2,
+    "zs-n2n": ZSN2N,
+    "ne2ne": Neighbor2Neighbor,
+    "n2self": Noise2Self,
+    "r2r": R2R,
     "cbm3d": CBM3D,
     "course": Course,
 }

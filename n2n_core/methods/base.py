@@ -27,11 +27,22 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, NoiseNotSupported
 from ..noise import NoiseModel, NoisyBatch
 
 if TYPE_CHECKING:  # configuration sections, only for annotations (config.py imports this module)
     from ..config import DataConfig, EvalConfig, TrainConfig
+
+
+IMPULSE_MODELS = "n2c, n2n, ssdn-mu or ssdn (RGB)"  # the methods that model impulse noise (§5b)
+
+
+def refuse_impulse(name: str, noise: NoiseModel, why: str) -> None:
+    """Raise NoiseNotSupported, naming the methods that do model it, when `noise` is impulse noise.
+
+    `why` completes "<name> cannot model <style>: …" (e.g. its L2 target's biased mean)."""
+    if noise.kind == "impulse":
+        raise NoiseNotSupported(f"{name} cannot model {noise.style}: {why}; for impulse noise use {IMPULSE_MODELS}")
 
 
 class MethodConfigBase(BaseModel):
@@ -48,6 +59,7 @@ class Step:
     method: torch.Generator  # masks, sub-samplers and any other method-side randomness
     images_seen: int = 0  # images trained on before this step
     budget_images: int = 0  # the run's budget N; 0 when only evaluating
+    index: int = 0  # the step's number from 0 (images_seen // batch size): per-step schedules
 
     @property
     def progress(self) -> float:

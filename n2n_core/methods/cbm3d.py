@@ -78,7 +78,7 @@ from pydantic import Field
 from ..errors import ConfigError, N2NError, NoiseNotSupported, first_line
 from ..noise import NoiseModel, NoisyBatch
 from ..train.checkpoint import atomic_write
-from .base import Method, MethodConfigBase
+from .base import Method, MethodConfigBase, refuse_impulse
 
 BM3D_PIN = "bm3d==4.0.3"
 CACHE_FORMAT = "cbm3d-cache-v1"
@@ -325,11 +325,7 @@ class CBM3D(Method):
 
     @classmethod
     def check(cls, config, noise, train, evaluation, data):
-        if noise.kind == "impulse":
-            raise NoiseNotSupported(
-                f"cbm3d cannot model {noise.style}: BM3D is a Gaussian denoiser (Poisson goes "
-                "through the Anscombe transform); for impulse noise use n2c, n2n, ssdn-mu or ssdn (RGB)"
-            )
+        refuse_impulse("cbm3d", noise, "BM3D is a Gaussian denoiser (Poisson goes through the Anscombe transform)")
         if data.channels != 3:
             raise NoiseNotSupported(
                 f"cbm3d runs colour BM3D (bm3d_rgb) on RGB images only, not data.channels={data.channels}; "

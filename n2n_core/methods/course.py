@@ -1,11 +1,13 @@
 """The 32×32 course networks (METHODS.md §10) as one method: trained as N2N or N2C, with L2 or L1.
 
-`network` picks one of the four torch.nn U-Nets of networks/course.py, the from-scratch network of
-n2n_core/scratch (no autograd, no torch.nn; hand-written backward, its own SGD) or that network's
-torch.nn twin. The scratch network plugs into the ordinary Trainer by duck typing (ARCHITECTURE.md):
-its model offers parameters/state_dict/load_state_dict/train/eval/to, `make_optimizer` hands the
-trainer its SGD, and its loss is a `HandwrittenLoss`, a 0-d tensor whose `backward()` runs the
-network's own backward under `torch.no_grad()`.
+`network` picks one of the four torch.nn U-Nets of networks/course.py, one of the two from-scratch
+networks of n2n_core/scratch (no autograd, no torch.nn; hand-written backward, its own SGD):
+`scratch` (nearest upsampling) or `scratch_tconv` (report E's transposed convolutions), or the
+torch.nn twin of either (`scratch_torch`, `scratch_tconv_torch`). A scratch network plugs into
+the ordinary Trainer by duck typing (ARCHITECTURE.md): its model offers parameters/state_dict/
+load_state_dict/train/eval/to, `make_optimizer` hands the trainer its SGD, and its loss is a
+`HandwrittenLoss`, a 0-d tensor whose `backward()` runs the network's own backward under
+`torch.no_grad()`.
 
 Training pairs follow N2N/N2C (METHODS.md §1): the input is the step's first noise draw; the target
 is a second independent draw (n2n) or the clean crop (n2c). On `course32:DIR` the pairs are given
@@ -27,18 +29,22 @@ from torch import Tensor
 
 from ..errors import ConfigError, NoiseNotSupported
 from ..networks.course import course_unet
-from ..scratch import MSE, SGD, course_network, course_network_torch
+from ..scratch import MSE, SGD, course_network, course_network_torch, tconv_network, tconv_network_torch
 from .base import LossOutput, Method, MethodConfigBase
 from .losses import annealed_l_loss_grad
 from .n2n import NoisyTargetPair, noisy_target_loss, step_exponent
 
 SCRATCH_WIDTH = 24  # report C's C
+# network -> builder(channels, rng): the from-scratch networks (hand-written backward) and their twins
+SCRATCH_NETWORKS = {"scratch": course_network, "scratch_tconv": tconv_network}
+SCRATCH_TWINS = {"scratch_torch": course_network_torch, "scratch_tconv_torch": tconv_network_torch}
 
 
 class CourseConfig(MethodConfigBase):
     name: Literal["course"] = "course"
-    network: Literal["strided", "residual", "bn_dropout", "prelu", "scratch", "scratch_torch"] = "strided"
-    """Course network of METHODS.md §10; scratch: the no-autograd network, scratch_torch: its twin."""
+    network: Literal["strided", "residual", "bn_dropout", "prelu", "scratch", "scratch_torch", "scratch_tconv",
+                     "scratch_tconv_torch"] = "strided"
+    """Course network of METHODS.md §10; scratch, scratch_tconv: no-autograd networks; *_torch: twins."""
     target: Literal["n2n", "n2c"] = "n2n"
     """n2n: a second independent noisy draw is the target; n2c: the clean crop is."""
     loss: Literal["l2", "l1"] = "l2"
@@ -47,7 +53,7 @@ class CourseConfig(MethodConfigBase):
     channels: int | None = Field(None, gt=0)
     """Base width; None: the network's own (32 for the U-Nets, 24 for scratch as in report C)."""
     optimizer: Literal["adam", "sgd"] | None = None
-    """None: the course default, SGD for scratch and scratch_torch (report C), else Adam(0.9, 0.99)."""
+    """None: the course default, SGD for the scratch networks and their twins (report C), else Adam."""
     momentum: float = Field(0.0, ge=0, lt=1)
     """SGD momentum (report C's best run used plain SGD)."""
     flips: bool = False
@@ -100,7 +106,7 @@ class Course(Method):
 
     def __init__(self, config: CourseConfig, noise, channels: int = 3):
         super().__init__(config, noise, channels)
-        self.scratch = config.network == "scratch"
+        self.scratch = config.network in SCRATCH_NETWORKS
         self.amp_safe = not self.scratch  # the scratch framework is float32 by construction
         # the N2N rule under impulse noise (n2n.py): noisy targets take the annealed loss
         self.annealed = config.target == "n2n" and noise.kind == "impulse"
@@ -115,12 +121,12 @@ class Course(Method):
                                     "use data.channels=3")
 
     def build_model(self, rng):
-        channels = self.config.channels
-        if self.config.network == "scratch":
-            return course_network(channels or SCRATCH_WIDTH, rng, input_grad=False)
-        if self.config.network == "scratch_torch":
-            return course_network_torch(channels or SCRATCH_WIDTH, rng)
-        return course_unet(self.config.network, rng, channels)
+        channels, network = self.config.channels, self.config.network
+        if network in SCRATCH_NETWORKS:
+            return SCRATCH_NETWORKS[network](channels or SCRATCH_WIDTH, rng, input_grad=False)
+        if network in SCRATCH_TWINS:
+            return SCRATCH_TWINS[network](channels or SCRATCH_WIDTH, rng)
+        return course_unet(network, rng, channels)
 
     def make_optimizer(self, model, train_cfg):
         """The trainer's Adam (METHODS.md §2), or SGD (the framework's own for the scratch network)."""

@@ -14,9 +14,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..errors import NoiseNotSupported
 from ..train.schedule import ema_decay_at
-from .base import LossOutput, MethodConfigBase, TrainingPair
+from .base import LossOutput, MethodConfigBase, TrainingPair, refuse_impulse
 from .n2c import N2C
 from .n2v_masking import masked_mse, n2v_mask
 
@@ -45,11 +44,7 @@ class N2V(N2C):
     def check(cls, config, noise, train, evaluation, data):
         # its L2 target, the noisy input itself, has mean (1 − α)x + α/2 under impulse noise
         # (METHODS.md §5b), and the paper has no N2V impulse cell
-        if noise.kind == "impulse":
-            raise NoiseNotSupported(
-                f"n2v cannot model {noise.style}: its L2 loss on noisy pixels learns the biased mean "
-                "of impulse noise; for impulse noise use n2c, n2n, ssdn-mu or ssdn (RGB)"
-            )
+        refuse_impulse("n2v", noise, "its L2 loss on noisy pixels learns the biased mean of impulse noise")
 
     def training_pair(self, clean, rngs):
         noisy = self.noise.sample(clean, rngs.noise).noisy

@@ -1,7 +1,8 @@
 """Noise2Void blind-spot masking (METHODS.md section 6): a pure, vectorised, seeded function.
 
 `n2v_mask(noisy, rng, percent, radius, allow_center)` picks the masked positions and replaces
-their values; `masked_mse(pred, target, mask)` is the loss on the masked entries only. The target
+their values by a random neighbour (N2V); `n2v_median_mask(noisy, rng, percent, radius)` picks
+them the same way and replaces them by the median of the window without the centre (N2V2); `masked_mse(pred, target, mask)` is the loss on the masked entries only. The target
 of Noise2Void is the *same* noisy tensor that was handed to `n2v_mask` (not a second noisy draw).
 
 Documented choices (they follow the original N2V code unless said otherwise):
@@ -44,7 +45,7 @@ from torch import Tensor
 
 from n2n_core.errors import ConfigError
 
-__all__ = ["n2v_box_size", "n2v_mask", "masked_mse"]
+__all__ = ["n2v_box_size", "n2v_mask", "n2v_median_mask", "masked_mse"]
 
 _RANDOM_BITS_HIGH = 2**62
 
@@ -58,6 +59,59 @@ def n2v_box_size(percent: float) -> int:
             "it is a percentage, e.g. 0.2 for 0.2 % of the pixels"
         )
     return max(1, round(math.sqrt(100.0 / percent)))
+
+
+def _check_inputs(noisy: Tensor, rng: torch.Generator, radius: int, who: str) -> int:
+    """Validate the arguments shared by both maskers; returns the radius as an int."""
+    if not isinstance(noisy, Tensor) or noisy.dim() != 4:
+        shape = tuple(noisy.shape) if isinstance(noisy, Tensor) else type(noisy).__name__
+        raise ConfigError(f"{who} expects a tensor of shape (N, C, H, W), got {shape}")
+    if not isinstance(rng, torch.Generator):
+        raise ConfigError(f"{who} needs an explicit torch.Generator, got {type(rng).__name__}")
+    if rng.device.type != noisy.device.type:
+        raise ConfigError(
+            f"{who}: generator is on {rng.device.type} but the tensor is on "
+            f"{noisy.device.type}; make the generator with "
+            "n2n_core.seeding.make_generator(seed, device=tensor.device)"
+        )
+    if isinstance(radius, bool) or int(radius) != radius or radius < 0:
+        raise ConfigError(f"N2V replacement radius must be an integer >= 0, got {radius!r}")
+    return int(radius)
+
+
+def _stratified_positions(shape, b: int, rng: torch.Generator, device) -> tuple[Tensor, Tensor, Tensor]:
+    """One (y, x) per b×b box and channel, as the module docstring says: (y, x, valid), each of
+    shape (N, C, ceil(H/b), ceil(W/b)); out-of-image positions are clamped and marked invalid.
+    Draws oy then ox from `rng` (one call each for the whole batch)."""
+    n, c, h, w = shape
+    nby, nbx = -(-h // b), -(-w // b)
+    box_shape = (n, c, nby, nbx)
+    oy = torch.randint(0, b, box_shape, generator=rng, device=device)
+    ox = torch.randint(0, b, box_shape, generator=rng, device=device)
+    y = torch.arange(nby, device=device).view(1, 1, nby, 1) * b + oy
+    x = torch.arange(nbx, device=device).view(1, 1, 1, nbx) * b + ox
+    valid = (y < h) & (x < w)
+    return y.clamp_max(h - 1), x.clamp_max(w - 1), valid  # clamped: written to scratch below
+
+
+def _scatter_replacements(noisy: Tensor, y: Tensor, x: Tensor, valid: Tensor, values: Tensor,
+                          mask_dtype) -> tuple[Tensor, Tensor]:
+    """Copy of `noisy` with values[k] written at (image, channel, y[k], x[k]) where valid, and the
+    0/1 mask of those entries. Invalid positions go to a scratch slot that is discarded (no
+    data-dependent indexing, so no host/device synchronisation)."""
+    n, c, h, w = noisy.shape
+    numel = noisy.numel()
+    device = noisy.device
+    image = torch.arange(n, device=device).view(n, 1, 1, 1)
+    channel = torch.arange(c, device=device).view(1, c, 1, 1)
+    plane = (image * c + channel) * (h * w)
+    target_idx = torch.where(valid, plane + y * w + x, torch.full_like(y, numel)).reshape(-1)
+    inputs = torch.empty(numel + 1, dtype=noisy.dtype, device=device)
+    inputs[:numel] = noisy.reshape(-1)
+    inputs[target_idx] = values.reshape(-1).to(noisy.dtype)
+    mask = torch.zeros(numel + 1, dtype=mask_dtype, device=device)
+    mask[target_idx] = 1
+    return inputs[:numel].view(noisy.shape), mask[:numel].view(noisy.shape)
 
 
 def n2v_mask(
@@ -76,20 +130,7 @@ def n2v_mask(
     All randomness comes from `rng`, which must live on the device type of `noisy`.
     See the module docstring for the exact sampling scheme.
     """
-    if not isinstance(noisy, Tensor) or noisy.dim() != 4:
-        shape = tuple(noisy.shape) if isinstance(noisy, Tensor) else type(noisy).__name__
-        raise ConfigError(f"n2v_mask expects a tensor of shape (N, C, H, W), got {shape}")
-    if not isinstance(rng, torch.Generator):
-        raise ConfigError(f"n2v_mask needs an explicit torch.Generator, got {type(rng).__name__}")
-    if rng.device.type != noisy.device.type:
-        raise ConfigError(
-            f"n2v_mask: generator is on {rng.device.type} but the tensor is on "
-            f"{noisy.device.type}; make the generator with "
-            "n2n_core.seeding.make_generator(seed, device=tensor.device)"
-        )
-    if isinstance(radius, bool) or int(radius) != radius or radius < 0:
-        raise ConfigError(f"N2V replacement radius must be an integer >= 0, got {radius!r}")
-    radius = int(radius)
+    radius = _check_inputs(noisy, rng, radius, "n2v_mask")
     b = n2v_box_size(percent)
     n, c, h, w = noisy.shape
     if not allow_center and (radius == 0 or h * w == 1):
@@ -100,21 +141,11 @@ def n2v_mask(
 
     device = noisy.device
     mask_dtype = noisy.dtype if noisy.is_floating_point() else torch.float32
-    numel = noisy.numel()
-    if numel == 0:
+    if noisy.numel() == 0:
         return noisy.clone(), torch.zeros(noisy.shape, dtype=mask_dtype, device=device)
 
-    nby, nbx = -(-h // b), -(-w // b)
-    box_shape = (n, c, nby, nbx)
-    oy = torch.randint(0, b, box_shape, generator=rng, device=device)
-    ox = torch.randint(0, b, box_shape, generator=rng, device=device)
-    raw = torch.randint(0, _RANDOM_BITS_HIGH, box_shape, generator=rng, device=device)
-
-    y = torch.arange(nby, device=device).view(1, 1, nby, 1) * b + oy
-    x = torch.arange(nbx, device=device).view(1, 1, 1, nbx) * b + ox
-    valid = (y < h) & (x < w)
-    y = y.clamp_max(h - 1)  # dropped positions: any in-image value, the write goes to scratch
-    x = x.clamp_max(w - 1)
+    y, x, valid = _stratified_positions(noisy.shape, b, rng, device)
+    raw = torch.randint(0, _RANDOM_BITS_HIGH, y.shape, generator=rng, device=device)
 
     # Cropped window [y0, y1] x [x0, x1] and a uniform index into it (minus the centre if asked).
     y0, y1 = (y - radius).clamp_min(0), (y + radius).clamp_max(h - 1)
@@ -130,20 +161,65 @@ def n2v_mask(
     sy = y0 + torch.div(k, wx, rounding_mode="floor")
     sx = x0 + k % wx
 
-    # Flat indices into the (N, C, H, W) tensor; dropped boxes point at a scratch slot `numel`.
     image = torch.arange(n, device=device).view(n, 1, 1, 1)
     channel = torch.arange(c, device=device).view(1, c, 1, 1)
-    plane = (image * c + channel) * (h * w)
-    target_idx = torch.where(valid, plane + y * w + x, torch.full_like(y, numel)).reshape(-1)
-    source_idx = (plane + sy * w + sx).reshape(-1)
+    source_idx = ((image * c + channel) * (h * w) + sy * w + sx).reshape(-1)
+    values = noisy.reshape(-1)[source_idx]
+    return _scatter_replacements(noisy, y, x, valid, values, mask_dtype)
 
-    flat = noisy.reshape(-1)
-    inputs = torch.empty(numel + 1, dtype=noisy.dtype, device=device)
-    inputs[:numel] = flat
-    inputs[target_idx] = flat[source_idx]
-    mask = torch.zeros(numel + 1, dtype=mask_dtype, device=device)
-    mask[target_idx] = 1
-    return inputs[:numel].view(noisy.shape), mask[:numel].view(noisy.shape)
+
+def n2v_median_mask(
+    noisy: Tensor,
+    rng: torch.Generator,
+    percent: float = 1.5,
+    radius: int = 5,
+) -> tuple[Tensor, Tensor]:
+    """N2V2's 'median' manipulator: like `n2v_mask`, but each masked entry is replaced by the
+    median of its (2*radius+1)^2 window without the centre (same image and channel, window
+    cropped at the border), read from the original `noisy`.
+
+    Follows juglab/n2v `n2v/utils/n2v_utils.py`, `pm_median`: the window of radius
+    `n2v_neighborhood_radius` (default 5, an 11×11 window) is cropped at the image border and
+    the centre is masked out before `np.median`, which for an even count (120 values in the
+    interior) is the mean of the two middle values. CAREamics' port (`median_manipulate`) clips
+    the window coordinates at the border instead (repeating border pixels) and takes torch's
+    lower middle value; we follow the TensorFlow code the N2V2 paper was run with.
+    Masked positions are drawn exactly as in `n2v_mask` (same stratified grid, same draws of
+    oy, ox from `rng`; nothing else is drawn).
+    """
+    radius = _check_inputs(noisy, rng, radius, "n2v_median_mask")
+    n, c, h, w = noisy.shape
+    if radius == 0 or h * w == 1:
+        raise ConfigError(
+            f"N2V2's median replacement needs radius >= 1 and an image of more than one pixel "
+            f"(got radius={radius}, H={h}, W={w}): the window minus its centre would be empty"
+        )
+    if not noisy.is_floating_point():
+        raise ConfigError(f"n2v_median_mask needs a floating-point tensor, got {noisy.dtype}")
+    b = n2v_box_size(percent)
+    device = noisy.device
+    if noisy.numel() == 0:
+        return noisy.clone(), torch.zeros(noisy.shape, dtype=noisy.dtype, device=device)
+
+    y, x, valid = _stratified_positions(noisy.shape, b, rng, device)
+    offsets = torch.arange(-radius, radius + 1, device=device)
+    wy = y[..., None, None] + offsets.view(-1, 1)  # (N, C, nby, nbx, 2r+1, 1)
+    wx = x[..., None, None] + offsets.view(1, -1)  # (N, C, nby, nbx, 1, 2r+1)
+    inside = (wy >= 0) & (wy < h) & (wx >= 0) & (wx < w)
+    inside = inside & ~((offsets.view(-1, 1) == 0) & (offsets.view(1, -1) == 0))  # drop the centre
+    image = torch.arange(n, device=device).view(n, 1, 1, 1, 1, 1)
+    channel = torch.arange(c, device=device).view(1, c, 1, 1, 1, 1)
+    flat = ((image * c + channel) * h + wy.clamp(0, h - 1)) * w + wx.clamp(0, w - 1)
+    window = noisy.reshape(-1)[flat.flatten(-2)]  # (N, C, nby, nbx, (2r+1)^2)
+    inside = inside.expand(*flat.shape).flatten(-2)
+    # outside values sort last (+inf); the median of the `count` real ones is the mean of the
+    # two middle sorted values (the same one twice for an odd count), as np.median
+    ordered = torch.where(inside, window, torch.full_like(window, math.inf)).sort(dim=-1).values
+    count = inside.sum(dim=-1, keepdim=True)
+    low = ordered.gather(-1, (count - 1) // 2)
+    high = ordered.gather(-1, count // 2)
+    medians = ((low + high) / 2).squeeze(-1)
+    return _scatter_replacements(noisy, y, x, valid, medians, noisy.dtype)
 
 
 def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:

@@ -4,6 +4,14 @@
 arguments, so the blind-spot network of §4 (blindspot.py) reuses it with upward-looking versions of
 both.
 
+N2V2's changes (Höck et al. 2022) are two options of `UNet`, off by default so every other method's
+network, weights and outputs are unchanged: `pool="blur"` replaces every 2×2 max-pool by
+`max_blur_pool2x2` (juglab/n2v `n2v/nets/blurpool.py`, `MaxBlurPool2D`), and `top_skip=False` drops
+the decoder's full-resolution skip, which in this network is the concatenation of the input image
+before conv1a (juglab/n2v `unet_blocks.py`, `skip_skipone`: the skip taken before the first pool;
+CAREamics `models/unet/unet.py`, "top level skip connection not added for n2v2"). Channel widths
+stay those of METHODS.md §3 (conv1a then reads 96 channels instead of 99).
+
 Layout: both networks run in channels_last (NHWC) whatever layout the caller passes, and hand the
 output back in the caller's layout. On CPU, oneDNN convolutions on NCHW tensors reorder every input,
 output and gradient to a blocked layout and back, and 1×1 convs on NCHW take PyTorch's slow
@@ -95,8 +103,38 @@ def upsample_cat(h: Tensor, skip: Tensor) -> Tensor:
     return _UpsampleCat.apply(h, skip)
 
 
+def upsample_nearest2x(h: Tensor) -> Tensor:
+    """Nearest-neighbour 2× upsampling alone (the decoder level without a skip), in h's layout."""
+    return F.interpolate(h, scale_factor=2.0, mode="nearest").contiguous(memory_format=caller_layout(h))
+
+
 def max_pool2x2(x: Tensor) -> Tensor:
     return F.max_pool2d(x, 2)
+
+
+BLUR_TAPS = (1.0, 2.0, 1.0)  # binomial [1, 2, 1]; the 2-D kernel is its outer product / 16
+
+
+def max_blur_pool2x2(x: Tensor) -> Tensor:
+    """N2V2's MaxBlurPool (Zhang 2019, as juglab/n2v `MaxBlurPool2D`): (N, C, H, W) → (N, C, H/2, W/2).
+
+    1. m = 2×2 max-pool at stride 1; the last row/column, whose window leaves the image, is the
+       max of what is inside (TensorFlow's "SAME" max-pool pads after, never before);
+    2. out[i, j] = Σ_{a,b ∈ 0..2} k[a]·k[b]/16 · m[2i + a, 2j + b], k = [1, 2, 1], with m = 0
+       past the last row/column (TensorFlow's "SAME" depthwise convolution at stride 2 pads one
+       zero row and column after on even sides, none before).
+    CAREamics' PyTorch port (`models/unet/layers.py`, `MaxBlurPool`) centres the blur one
+    max-pooled pixel earlier (zero padding before, H − 1 max values); we follow the TensorFlow
+    code the N2V2 paper was run with.
+    """
+    channels = x.shape[1]
+    m = F.max_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2, stride=1)
+    taps = x.new_tensor(BLUR_TAPS)
+    kernel = (torch.outer(taps, taps) / taps.sum() ** 2).expand(channels, 1, 3, 3)
+    return F.conv2d(F.pad(m, (0, 1, 0, 1)), kernel, stride=2, groups=channels)
+
+
+POOLS: dict[str, Pool] = {"max": max_pool2x2, "blur": max_blur_pool2x2}
 
 
 def lrelu(x: Tensor) -> Tensor:
@@ -156,29 +194,35 @@ def check_image_batch(x: Tensor, net: str, channels: int | None = None) -> None:
 
 
 class UNetBody(nn.Module):
-    """Encoder and decoder of METHODS.md §3 up to conv1b: (N, C, H, W) → (N, 96, H, W)."""
+    """Encoder and decoder of METHODS.md §3 up to conv1b: (N, C, H, W) → (N, 96, H, W).
 
-    def __init__(self, in_channels: int, conv3x3: Conv3x3Factory, pool: Pool):
+    `top_skip=False` (N2V2): the last decoder level reads the upsampled features alone, without
+    the input image concatenated to them.
+    """
+
+    def __init__(self, in_channels: int, conv3x3: Conv3x3Factory, pool: Pool, top_skip: bool = True):
         super().__init__()
         self.pool = pool
+        self.top_skip = top_skip
         # conv0, conv1 at full scale, conv2..conv5 each followed by a pool, conv6 at 1/32
         self.encoder = nn.ModuleList(conv3x3(c, ENC_CH) for c in [in_channels] + [ENC_CH] * 6)
         # decoder levels 5, 4, 3, 2, 1 read upsampled previous + skip (the image at level 1)
-        dec_in = [2 * ENC_CH] + [DEC_CH + ENC_CH] * 3 + [DEC_CH + in_channels]
+        dec_in = [2 * ENC_CH] + [DEC_CH + ENC_CH] * 3 + [DEC_CH + (in_channels if top_skip else 0)]
         self.decoder = nn.ModuleList(
             nn.ModuleList([conv3x3(c, DEC_CH), conv3x3(DEC_CH, DEC_CH)]) for c in dec_in
         )
 
     def forward(self, x: Tensor) -> Tensor:
         conv0, conv1, *pooled_convs, conv6 = self.encoder
-        skips = [x]  # the image is the skip of the last decoder level
+        skips: list[Tensor | None] = [x if self.top_skip else None]  # the last level's skip
         h = self.pool(lrelu(conv1(lrelu(conv0(x)))))
         for conv in pooled_convs:  # conv2..conv5
             skips.append(h)
             h = self.pool(lrelu(conv(h)))
         h = lrelu(conv6(h))  # (N, 48, H/32, W/32)
         for (conv_a, conv_b), skip in zip(self.decoder, reversed(skips)):
-            h = lrelu(conv_b(lrelu(conv_a(upsample_cat(h, skip)))))
+            up = upsample_nearest2x(h) if skip is None else upsample_cat(h, skip)
+            h = lrelu(conv_b(lrelu(conv_a(up))))
         return h  # (N, 96, H, W)
 
 
@@ -189,8 +233,10 @@ class UNet(nn.Module):
         n_out: output channels (C for N2C/N2N/N2V, 9 for SSDN full covariance, 1 for noise level).
         zero_init_last: zero the last layer's weights and bias (the noise-level network's rule).
         in_channels: image channels C (3 RGB, 1 greyscale); the last decoder stage concatenates the
-            input image, so it reads 96 + C channels.
+            input image, so it reads 96 + C channels (96 with top_skip=False).
         rng: generator for the He-normal init; None uses torch's default generator.
+        pool: "max" (METHODS.md §3) or "blur" (N2V2's MaxBlurPool, `max_blur_pool2x2`).
+        top_skip: concatenate the input image before conv1a (§3); False for N2V2.
     """
 
     def __init__(
@@ -200,10 +246,14 @@ class UNet(nn.Module):
         in_channels: int = 3,
         *,
         rng: torch.Generator | None = None,
+        pool: str = "max",
+        top_skip: bool = True,
     ):
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"UNet pool must be one of {', '.join(POOLS)}, got {pool!r}")
         self.in_channels = in_channels
-        self.body = UNetBody(in_channels, conv3x3_same, max_pool2x2)
+        self.body = UNetBody(in_channels, conv3x3_same, POOLS[pool], top_skip=top_skip)
         self.head = make_head([DEC_CH, DEC_CH, DEC_CH], n_out)
         init_network_(self, self.head[-1], zero_init_last, rng)
         self.to(memory_format=CHANNELS_LAST)  # weights in the layout the convs run in (see top)

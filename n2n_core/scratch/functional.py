@@ -1,9 +1,9 @@
 """Pure forward and backward functions of the from-scratch framework (METHODS.md section 10).
 
-No autograd and no ``torch.nn`` modules: every function here is built from tensor operations and
-``fold``/``unfold`` only. Each ``*_forward`` returns ``(output, cache)``; the matching
-``*_backward`` takes the cache and the gradient of the loss with respect to the output and returns
-the gradients with respect to the inputs (and parameters, for the convolutions).
+No autograd and no ``torch.nn``: every function here is built from tensor operations only. Each
+``*_forward`` returns ``(output, cache)``; the matching ``*_backward`` takes the cache and the
+gradient of the loss with respect to the output and returns the gradients with respect to the
+inputs (and parameters, for the convolutions).
 
 Convolution is one matrix product (section 10): the input is unfolded into columns (one per
 output position), multiplied by the weight reshaped to a (C_out, C_in·kh·kw) matrix, the bias is
@@ -11,9 +11,8 @@ added and the result reshaped to (B, C_out, H_out, W_out). Its backward: the inp
 weight-transposed product folded back (fold sums overlapping patches), the weight gradient is the
 output gradient times the unfolded input summed over the batch, and the bias gradient is the
 output gradient summed over batch and positions. The transposed convolution is the convolution's
-input gradient run forwards, and its backward is a convolution. Two backends compute the columns
-(see "Columns" below): torch's ``unfold``/``fold`` on (B, C·k², L) columns, and a faster
-channels-last strided-window formulation of the same unfold and fold (the default).
+input gradient run forwards, and its backward is a convolution. The columns are built channels-
+last from strided windows (see "Columns" below): the numbers of torch's ``unfold``, transposed.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import functools
 from typing import NamedTuple
 
 import torch
-from torch.nn.functional import fold, unfold
 
 Pair = tuple[int, int]
 
@@ -55,28 +53,16 @@ def conv_transpose_output_size(
 # Columns: unfold (im2col) and fold (col2im)
 # ----------------------------------------------------------------------------------------------
 #
-# Two interchangeable backends compute the same columns:
+# The padded input is viewed channels-last, its kh×kw windows are taken with Tensor.unfold (a
+# strided view, no copy) and copied once into columns (B·L, kh·kw·C): torch.nn.functional.unfold's
+# numbers, transposed (one row per output position) and with the column index ordered (kh, kw, C).
+# One plain matrix product with the weight reshaped to (C_out, kh·kw·C) then covers the whole
+# batch, and its result already *is* the output in channels-last memory order (returned as a
+# (B, C_out, H_out, W_out) view, no copy). The fold (col2im) adds each of the kh·kw column blocks
+# into a strided slice of a zero image.
 #
-# * "unfold": torch.nn.functional.unfold / fold on (B, C, H, W) tensors, columns (B, C·kh·kw, L),
-#   the weight as (C_out, C·kh·kw) on the left of a batched product: the textbook formulation.
-# * "strided" (default, faster on CPU): the padded input is viewed channels-last, its kh×kw
-#   windows are taken with Tensor.unfold (a strided view, no copy) and copied once into columns
-#   (B·L, kh·kw·C): the same numbers as unfold's, transposed (one row per output position) and
-#   with the column index ordered (kh, kw, C). One plain matrix product with the weight reshaped
-#   to (C_out, kh·kw·C) then covers the whole batch, and its result already *is* the output in
-#   channels-last memory order (returned as a (B, C_out, H_out, W_out) view, no copy). The fold
-#   (col2im) adds each of the kh·kw column blocks into a strided slice of a zero image.
-#
-# Tensors returned by the "strided" backend are usually channels-last-strided views: index them
-# normally, and use .reshape (not .view) or .contiguous() where a flat layout is needed.
-
-BACKENDS = ("strided", "unfold")
-
-
-def _check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown convolution backend {backend!r}; choose one of {BACKENDS}")
-    return backend
+# Returned tensors are usually channels-last-strided views: index them normally, and use
+# .reshape (not .view) or .contiguous() where a flat layout is needed.
 
 
 def _padded_channels_last(x: torch.Tensor, padding: Pair) -> torch.Tensor:
@@ -99,7 +85,7 @@ def im2col(
     dilation: Pair,
     blocks: Pair | None = None,
 ) -> tuple[torch.Tensor, Pair]:
-    """Columns of the "strided" backend: ``(B·L, kh·kw·C)`` and the block grid ``(H_out, W_out)``.
+    """Columns ``(B·L, kh·kw·C)`` of ``x`` and the block grid ``(H_out, W_out)``.
 
     Row ``b·L + l`` holds the padded input patch of output position ``l`` of image ``b``, ordered
     (kernel row, kernel column, channel): ``unfold(x)`` transposed, with its column index
@@ -132,7 +118,7 @@ def col2im(
     dilation: Pair,
     blocks: Pair,
 ) -> torch.Tensor:
-    """Fold of the "strided" backend: the adjoint of :func:`im2col` (overlapping patches sum).
+    """Fold: the adjoint of :func:`im2col` (overlapping patches sum).
 
     ``cols``: (B·L, kh·kw·C) with ``L = blocks[0]·blocks[1]``; returns a (B, C, H, W) view of a
     channels-last image of size ``size``.
@@ -159,8 +145,8 @@ def col2im(
 
 
 class ConvCache(NamedTuple):
-    cols: torch.Tensor  # "strided": (B·L, kh·kw·C_in); "unfold": (B, C_in·kh·kw, L)
-    w2: torch.Tensor  # the weight as the matrix the columns were multiplied with
+    cols: torch.Tensor  # (B·L, kh·kw·C_in)
+    w2: torch.Tensor  # the weight as the (C_out, kh·kw·C_in) matrix the columns were multiplied with
     input_shape: tuple[int, int, int, int]
     weight_shape: tuple[int, int, int, int]
     blocks: Pair  # (H_out, W_out)
@@ -168,7 +154,6 @@ class ConvCache(NamedTuple):
     padding: Pair
     dilation: Pair
     has_bias: bool
-    backend: str
 
 
 def conv2d_forward(
@@ -178,13 +163,11 @@ def conv2d_forward(
     stride: int | Pair = 1,
     padding: int | Pair = 0,
     dilation: int | Pair = 1,
-    backend: str = "strided",
 ) -> tuple[torch.Tensor, ConvCache]:
     """2-D cross-correlation (what torch calls conv2d): unfold + one matrix product.
 
     ``x``: (B, C_in, H, W); ``weight``: (C_out, C_in, kh, kw); ``bias``: (C_out,) or None.
     """
-    _check_backend(backend)
     stride, padding, dilation = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
     if x.dim() != 4:
         raise ValueError(f"conv2d expects a 4-D input (B, C, H, W), got shape {tuple(x.shape)}")
@@ -196,22 +179,12 @@ def conv2d_forward(
     w_out = conv_output_size(width, kw, stride[1], padding[1], dilation[1])
     if h_out <= 0 or w_out <= 0:
         raise ValueError(f"conv2d: input {height}x{width} is too small for this kernel/padding")
-    if backend == "strided":
-        cols, _ = im2col(x, (kh, kw), stride, padding, dilation)
-        w2 = weight.permute(0, 2, 3, 1).reshape(c_out, kh * kw * c_in)
-        out2 = torch.addmm(bias, cols, w2.t()) if bias is not None else torch.mm(cols, w2.t())
-        out = out2.view(batch, h_out, w_out, c_out).permute(0, 3, 1, 2)
-    else:
-        cols = unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)
-        w2 = weight.reshape(c_out, c_in * kh * kw)
-        out = torch.matmul(w2, cols)  # (B, C_out, L)
-        if bias is not None:
-            out.add_(bias.view(1, c_out, 1))
-        out = out.view(batch, c_out, h_out, w_out)
-    cache = ConvCache(
-        cols, w2, tuple(x.shape), tuple(weight.shape), (h_out, w_out), stride, padding, dilation,
-        bias is not None, backend,
-    )
+    cols, _ = im2col(x, (kh, kw), stride, padding, dilation)
+    w2 = weight.permute(0, 2, 3, 1).reshape(c_out, kh * kw * c_in)
+    out2 = torch.addmm(bias, cols, w2.t()) if bias is not None else torch.mm(cols, w2.t())
+    out = out2.view(batch, h_out, w_out, c_out).permute(0, 3, 1, 2)
+    cache = ConvCache(cols, w2, tuple(x.shape), tuple(weight.shape), (h_out, w_out), stride, padding,
+                      dilation, bias is not None)
     return out, cache
 
 
@@ -226,25 +199,15 @@ def conv2d_backward(
     False; ``grad_bias`` is None without bias.
     """
     cols, w2, (batch, c_in, height, width), (c_out, _, kh, kw) = cache[:4]
-    blocks, stride, padding, dilation, has_bias, backend = cache[4:]
+    blocks, stride, padding, dilation, has_bias = cache[4:]
+    grad2 = grad_out.permute(0, 2, 3, 1).reshape(-1, c_out)  # (B·L, C_out)
+    grad_bias = grad2.sum(0) if has_bias else None
+    grad_weight = torch.mm(grad2.t(), cols).view(c_out, kh, kw, c_in).permute(0, 3, 1, 2)
     grad_input = None
-    if backend == "strided":
-        grad2 = grad_out.permute(0, 2, 3, 1).reshape(-1, c_out)  # (B·L, C_out)
-        grad_bias = grad2.sum(0) if has_bias else None
-        grad_weight = torch.mm(grad2.t(), cols).view(c_out, kh, kw, c_in).permute(0, 3, 1, 2)
-        if need_input_grad:
-            grad_input = col2im(
-                torch.mm(grad2, w2), batch, c_in, (height, width), (kh, kw), stride, padding, dilation, blocks
-            )
-    else:
-        grad2 = grad_out.reshape(batch, c_out, -1)  # (B, C_out, L)
-        grad_bias = grad2.sum((0, 2)) if has_bias else None
-        grad_weight = torch.matmul(grad2, cols.transpose(1, 2)).sum(0).view(c_out, c_in, kh, kw)
-        if need_input_grad:
-            grad_cols = torch.matmul(w2.t(), grad2)  # (B, C_in·kh·kw, L)
-            grad_input = fold(
-                grad_cols, (height, width), (kh, kw), dilation=dilation, padding=padding, stride=stride
-            )
+    if need_input_grad:
+        grad_input = col2im(
+            torch.mm(grad2, w2), batch, c_in, (height, width), (kh, kw), stride, padding, dilation, blocks
+        )
     return grad_input, grad_weight, grad_bias
 
 
@@ -254,17 +217,14 @@ def conv2d_backward(
 
 
 class ConvTransposeCache(NamedTuple):
-    x2: torch.Tensor  # "strided": the input as (B·H·W, C_in); "unfold": as (B, C_in, H·W)
-    w2: torch.Tensor  # "strided": (C_in, kh·kw·C_out); "unfold": (C_in, C_out·kh·kw)
+    x2: torch.Tensor  # the input as (B·H·W, C_in)
+    w2: torch.Tensor  # the weight as (C_in, kh·kw·C_out)
     input_shape: tuple[int, int, int, int]
     weight_shape: tuple[int, int, int, int]
-    output_size: Pair
-    fold_blocks: Pair  # kernel positions fold/unfold see on the output (>= (H, W))
     stride: Pair
     padding: Pair
     dilation: Pair
     has_bias: bool
-    backend: str
 
 
 def conv_transpose2d_forward(
@@ -275,13 +235,11 @@ def conv_transpose2d_forward(
     padding: int | Pair = 0,
     output_padding: int | Pair = 0,
     dilation: int | Pair = 1,
-    backend: str = "strided",
 ) -> tuple[torch.Tensor, ConvTransposeCache]:
     """2-D transposed convolution with torch's semantics; ``weight``: (C_in, C_out, kh, kw).
 
-    It is conv2d's input gradient run forwards: columns ``W^T x`` folded back into the output.
+    It is conv2d's input gradient run forwards: the columns ``x W`` folded into the output.
     """
-    _check_backend(backend)
     stride, padding, dilation = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
     output_padding = pair(output_padding, "output_padding")
     for axis in range(2):
@@ -299,32 +257,14 @@ def conv_transpose2d_forward(
     )
     if out_size[0] <= 0 or out_size[1] <= 0:
         raise ValueError("conv_transpose2d: the padding leaves an empty output")
-    # Kernel positions a convolution would see on the output: more than (H, W) only when
-    # output_padding >= stride (possible with dilation); the extra positions get zero columns.
-    fold_blocks = (
-        conv_output_size(out_size[0], kh, stride[0], padding[0], dilation[0]),
-        conv_output_size(out_size[1], kw, stride[1], padding[1], dilation[1]),
-    )
-    if backend == "strided":
-        x2 = x.permute(0, 2, 3, 1).reshape(batch * height * width, c_in)
-        w2 = weight.permute(0, 2, 3, 1).reshape(c_in, kh * kw * c_out)
-        cols = torch.mm(x2, w2)  # (B·H·W, kh·kw·C_out)
-        out = col2im(cols, batch, c_out, out_size, (kh, kw), stride, padding, dilation, (height, width))
-    else:
-        x2 = x.reshape(batch, c_in, height * width)
-        w2 = weight.reshape(c_in, c_out * kh * kw)
-        cols = torch.matmul(w2.t(), x2)  # (B, C_out·kh·kw, H·W)
-        if fold_blocks != (height, width):
-            full = cols.new_zeros(batch, c_out * kh * kw, fold_blocks[0], fold_blocks[1])
-            full[:, :, :height, :width] = cols.view(batch, -1, height, width)
-            cols = full.view(batch, c_out * kh * kw, -1)
-        out = fold(cols, out_size, (kh, kw), dilation=dilation, padding=padding, stride=stride)
+    x2 = x.permute(0, 2, 3, 1).reshape(batch * height * width, c_in)
+    w2 = weight.permute(0, 2, 3, 1).reshape(c_in, kh * kw * c_out)
+    cols = torch.mm(x2, w2)  # (B·H·W, kh·kw·C_out): one column block per input position
+    out = col2im(cols, batch, c_out, out_size, (kh, kw), stride, padding, dilation, (height, width))
     if bias is not None:
         out.add_(bias.view(1, c_out, 1, 1))
-    cache = ConvTransposeCache(
-        x2, w2, tuple(x.shape), tuple(weight.shape), out_size, fold_blocks, stride, padding, dilation,
-        bias is not None, backend,
-    )
+    cache = ConvTransposeCache(x2, w2, tuple(x.shape), tuple(weight.shape), stride, padding, dilation,
+                               bias is not None)
     return out, cache
 
 
@@ -336,49 +276,16 @@ def conv_transpose2d_backward(
     The input gradient is a plain convolution (unfold + product) of the output gradient with the
     same weight; the weight gradient is the input times those columns, summed over the batch.
     """
-    x2, w2, (batch, c_in, height, width), (_, c_out, kh, kw), _out_size = cache[:5]
-    fold_blocks, stride, padding, dilation, has_bias, backend = cache[5:]
+    x2, w2, (batch, c_in, height, width), (_, c_out, kh, kw) = cache[:4]
+    stride, padding, dilation, has_bias = cache[4:]
     grad_bias = grad_out.sum((0, 2, 3)) if has_bias else None
+    # the first (H, W) windows: more exist only when output_padding >= stride (with dilation)
+    cols, _ = im2col(grad_out, (kh, kw), stride, padding, dilation, blocks=(height, width))
+    grad_weight = torch.mm(x2.t(), cols).view(c_in, kh, kw, c_out).permute(0, 3, 1, 2)
     grad_input = None
-    if backend == "strided":
-        cols, _ = im2col(grad_out, (kh, kw), stride, padding, dilation, blocks=(height, width))
-        grad_weight = torch.mm(x2.t(), cols).view(c_in, kh, kw, c_out).permute(0, 3, 1, 2)
-        if need_input_grad:
-            grad_input = torch.mm(cols, w2.t()).view(batch, height, width, c_in).permute(0, 3, 1, 2)
-    else:
-        cols = unfold(grad_out, (kh, kw), dilation=dilation, padding=padding, stride=stride)
-        if fold_blocks != (height, width):
-            cols = cols.view(batch, -1, fold_blocks[0], fold_blocks[1])[:, :, :height, :width]
-            cols = cols.reshape(batch, c_out * kh * kw, height * width)
-        grad_weight = torch.matmul(x2, cols.transpose(1, 2)).sum(0).view(c_in, c_out, kh, kw)
-        if need_input_grad:
-            grad_input = torch.matmul(w2, cols).view(batch, c_in, height, width)
+    if need_input_grad:
+        grad_input = torch.mm(cols, w2.t()).view(batch, height, width, c_in).permute(0, 3, 1, 2)
     return grad_input, grad_weight, grad_bias
-
-
-# ----------------------------------------------------------------------------------------------
-# Nearest-neighbour upsampling
-# ----------------------------------------------------------------------------------------------
-
-
-def upsample_nearest_forward(x: torch.Tensor, scale: int | Pair) -> torch.Tensor:
-    """Nearest-neighbour upsampling by an integer factor: every pixel becomes an sh×sw block."""
-    sh, sw = pair(scale, "scale")
-    if sh < 1 or sw < 1:
-        raise ValueError(f"upsampling scale must be a positive integer, got {(sh, sw)}")
-    batch, channels, height, width = x.shape
-    return (
-        x.reshape(batch, channels, height, 1, width, 1)
-        .expand(batch, channels, height, sh, width, sw)
-        .reshape(batch, channels, height * sh, width * sw)
-    )
-
-
-def upsample_nearest_backward(grad_out: torch.Tensor, scale: int | Pair) -> torch.Tensor:
-    """Backward of nearest upsampling: the gradient summed over each sh×sw block."""
-    sh, sw = pair(scale, "scale")
-    batch, channels, big_h, big_w = grad_out.shape
-    return grad_out.reshape(batch, channels, big_h // sh, sh, big_w // sw, sw).sum((3, 5))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -432,9 +339,8 @@ def upsample_conv2d_forward(
     bias: torch.Tensor | None,
     scale: int | Pair,
     padding: int | Pair,
-    backend: str = "strided",
 ) -> tuple[torch.Tensor, UpConvCache]:
-    """conv2d(upsample_nearest(x, scale), weight, bias, stride=1, padding) for 2·padding = k - 1."""
+    """conv2d(nearest ×scale upsampling of x, weight, bias, stride=1, padding) for 2·padding = k - 1."""
     scale, padding = pair(scale, "scale"), pair(padding, "padding")
     c_out, c_in, kh, kw = weight.shape
     if not fused_upsample_conv_supported(scale, (kh, kw), padding):
@@ -446,7 +352,7 @@ def upsample_conv2d_forward(
     phase_w = torch.einsum("aot,bqu,ctu->abcoq", mh, mw, weight.reshape(c_out * c_in, kh, kw))
     phase_w = phase_w.reshape(sh * sw * c_out, c_in, 2 * rh + 1, 2 * rw + 1)
     phase_b = None if bias is None else bias.repeat(sh * sw)
-    small, conv_cache = conv2d_forward(x, phase_w, phase_b, 1, (rh, rw), 1, backend)
+    small, conv_cache = conv2d_forward(x, phase_w, phase_b, 1, (rh, rw), 1)
     batch, _, height, width = small.shape
     # pixel shuffle: channel (a, b, co) at (h, w) -> channel co at (sh·h + a, sw·w + b)
     out = (
@@ -498,15 +404,6 @@ def relu_backward(grad_out: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return grad_out * out.sign()
 
 
-def leaky_relu_forward(x: torch.Tensor, slope: float) -> torch.Tensor:
-    return torch.where(x > 0, x, x * slope)
-
-
-def leaky_relu_backward(grad_out: torch.Tensor, x: torch.Tensor, slope: float) -> torch.Tensor:
-    """Gradient of leaky relu given its *input* (slope at x <= 0, as torch does at x = 0)."""
-    return torch.where(x > 0, grad_out, grad_out * slope)
-
-
 def sigmoid_forward(x: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(x)
 
@@ -516,24 +413,14 @@ def sigmoid_backward(grad_out: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return grad_out * out * (1 - out)
 
 
-def mse_forward(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Mean (or summed) squared error; a 0-d tensor."""
+def mse_forward(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over every element; a 0-d tensor."""
     if pred.shape != target.shape:
         raise ValueError(f"mse: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ")
-    diff = pred - target
-    total = torch.dot(diff.reshape(-1), diff.reshape(-1))
-    if reduction == "mean":
-        return total / diff.numel()
-    if reduction == "sum":
-        return total
-    raise ValueError(f"mse reduction must be 'mean' or 'sum', got {reduction!r}")
+    diff = (pred - target).reshape(-1)
+    return torch.dot(diff, diff) / diff.numel()
 
 
-def mse_backward(
-    pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean", grad_out: torch.Tensor | float = 1.0
-) -> torch.Tensor:
-    """Gradient of :func:`mse_forward` with respect to ``pred`` (scaled by ``grad_out``)."""
-    scale = 2.0 / pred.numel() if reduction == "mean" else 2.0
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"mse reduction must be 'mean' or 'sum', got {reduction!r}")
-    return (pred - target).mul_(grad_out * scale if isinstance(grad_out, torch.Tensor) else scale * grad_out)
+def mse_backward(pred: torch.Tensor, target: torch.Tensor, grad_out: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """Gradient of :func:`mse_forward` with respect to ``pred``: 2(pred - target)/n, times ``grad_out``."""
+    return (pred - target).mul_(2.0 / pred.numel() * grad_out)

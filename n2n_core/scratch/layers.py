@@ -98,12 +98,6 @@ class Module:
 
     # -- conveniences for generic trainers -----------------------------------------------------
 
-    def children(self) -> Iterator[Module]:
-        return iter(self._children.values())
-
-    def named_children(self) -> Iterator[tuple[str, Module]]:
-        return iter(self._children.items())
-
     def modules(self) -> Iterator[Module]:
         yield self
         for child in self._children.values():
@@ -220,10 +214,8 @@ class Conv2d(Module):
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
         device=None,
-        backend: str = "strided",
     ) -> None:
         super().__init__()
-        self.backend = F._check_backend(backend)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = F.pair(kernel_size, "kernel_size")
         self.stride = F.pair(stride, "stride")
@@ -245,9 +237,7 @@ class Conv2d(Module):
         self._cache = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, self._cache = F.conv2d_forward(
-            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.backend
-        )
+        out, self._cache = F.conv2d_forward(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
         return out
 
     def backward(self, grad_out: torch.Tensor) -> torch.Tensor | None:
@@ -267,7 +257,7 @@ class Conv2d(Module):
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
-            f"bias={self.bias is not None}, backend={self.backend!r}"
+            f"bias={self.bias is not None}"
         )
 
 
@@ -288,10 +278,8 @@ class ConvTranspose2d(Module):
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
         device=None,
-        backend: str = "strided",
     ) -> None:
         super().__init__()
-        self.backend = F._check_backend(backend)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = F.pair(kernel_size, "kernel_size")
         self.stride = F.pair(stride, "stride")
@@ -317,8 +305,7 @@ class ConvTranspose2d(Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, self._cache = F.conv_transpose2d_forward(
-            x, self.weight, self.bias, self.stride, self.padding, self.output_padding, self.dilation,
-            self.backend,
+            x, self.weight, self.bias, self.stride, self.padding, self.output_padding, self.dilation
         )
         return out
 
@@ -348,36 +335,14 @@ class ConvTranspose2d(Module):
 # ----------------------------------------------------------------------------------------------
 
 
-class NearestUpsampling(Module):
-    """Nearest-neighbour upsampling by an integer factor (per axis or one for both)."""
-
-    def __init__(self, scale: int | tuple[int, int] = 2) -> None:
-        super().__init__()
-        self.scale = F.pair(scale, "scale")
-        if min(self.scale) < 1:
-            raise ValueError(f"NearestUpsampling scale must be a positive integer, got {scale!r}")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.upsample_nearest_forward(x, self.scale)
-
-    def backward(self, grad_out: torch.Tensor) -> torch.Tensor:
-        return F.upsample_nearest_backward(grad_out, self.scale)
-
-    def extra_repr(self) -> str:
-        return f"scale={self.scale}"
-
-
 class Upsampling(Module):
-    """Nearest upsampling by ``scale`` then a stride-1 convolution (METHODS.md section 10).
+    """Nearest upsampling by ``scale`` then a stride-1 "same" convolution (METHODS.md section 10).
 
-    Children are named "0" (the upsampling) and "1" (the convolution), as in
-    ``torch.nn.Sequential(nn.Upsample(...), nn.Conv2d(...))``, so state dicts match that twin.
-
-    With ``fused=True`` (default) and a "same" convolution (2·padding = kernel_size - 1), the
+    The convolution is the child named "1", as in ``torch.nn.Sequential(nn.Upsample(...),
+    nn.Conv2d(...))`` (whose "0" has no parameters), so state dicts match that twin. The
     upsampled image is never built: each of the scale² output phases is a convolution of the small
-    image with summed taps (see :func:`functional.upsample_conv2d_forward`). It is the same linear
-    map, so outputs and gradients agree with upsample-then-convolve up to floating-point rounding
-    (the order of additions differs); ``fused=False`` runs the literal two steps.
+    image with summed taps (see :func:`functional.upsample_conv2d_forward`), the same linear map as
+    upsample-then-convolve up to the order of floating-point additions.
     """
 
     def __init__(
@@ -389,24 +354,20 @@ class Upsampling(Module):
         padding: int | tuple[int, int] = 1,
         bias: bool = True,
         *,
-        fused: bool = True,
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
         device=None,
-        backend: str = "strided",
     ) -> None:
         super().__init__()
-        self.upsample = self._register_child("0", NearestUpsampling(scale))
+        self.scale = F.pair(scale, "scale")
+        if min(self.scale) < 1:
+            raise ValueError(f"Upsampling scale must be a positive integer, got {scale!r}")
         self.conv = self._register_child(
-            "1",
-            Conv2d(
-                in_channels, out_channels, kernel_size, 1, padding, 1, bias,
-                generator=generator, dtype=dtype, device=device, backend=backend,
-            ),
+            "1", Conv2d(in_channels, out_channels, kernel_size, 1, padding, 1, bias,
+                        generator=generator, dtype=dtype, device=device),
         )
-        self.fused = bool(fused) and F.fused_upsample_conv_supported(
-            self.upsample.scale, self.conv.kernel_size, self.conv.padding
-        )
+        if not F.fused_upsample_conv_supported(self.scale, self.conv.kernel_size, self.conv.padding):
+            raise ValueError("Upsampling needs a 'same' convolution: 2·padding = kernel_size - 1")
         self._cache = None
 
     @property
@@ -418,17 +379,11 @@ class Upsampling(Module):
         self.conv.need_input_grad = bool(value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.fused:
-            return self.conv.forward(self.upsample.forward(x))
-        out, self._cache = F.upsample_conv2d_forward(
-            x, self.conv.weight, self.conv.bias, self.upsample.scale, self.conv.padding, self.conv.backend
-        )
+        out, self._cache = F.upsample_conv2d_forward(x, self.conv.weight, self.conv.bias, self.scale,
+                                                     self.conv.padding)
         return out
 
     def backward(self, grad_out: torch.Tensor) -> torch.Tensor | None:
-        if not self.fused:
-            grad = self.conv.backward(grad_out)
-            return None if grad is None else self.upsample.backward(grad)
         if self._cache is None:
             raise _missing_forward(self)
         grad_in, grad_w, grad_b = F.upsample_conv2d_backward(grad_out, self._cache, self.conv.need_input_grad)
@@ -442,7 +397,7 @@ class Upsampling(Module):
         self._cache = None
 
     def __repr__(self) -> str:
-        return f"Upsampling(scale={self.upsample.scale}, conv={self.conv!r}, fused={self.fused})"
+        return f"Upsampling(scale={self.scale}, conv={self.conv!r})"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -451,15 +406,14 @@ class Upsampling(Module):
 
 
 class ReLU(Module):
-    """max(x, 0). With ``inplace=True`` the input tensor is overwritten (saves one allocation)."""
+    """max(x, 0)."""
 
-    def __init__(self, inplace: bool = False) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.inplace = bool(inplace)
         self._out = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._out = x.clamp_min_(0) if self.inplace else F.relu_forward(x)
+        self._out = F.relu_forward(x)
         return self._out
 
     def backward(self, grad_out: torch.Tensor) -> torch.Tensor:
@@ -471,32 +425,6 @@ class ReLU(Module):
 
     def _drop_cache(self) -> None:
         self._out = None
-
-
-class LeakyReLU(Module):
-    """x for x > 0, slope·x otherwise."""
-
-    def __init__(self, slope: float = 0.01) -> None:
-        super().__init__()
-        self.slope = float(slope)
-        self._x = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._x = x
-        return F.leaky_relu_forward(x, self.slope)
-
-    def backward(self, grad_out: torch.Tensor) -> torch.Tensor:
-        if self._x is None:
-            raise _missing_forward(self)
-        grad = F.leaky_relu_backward(grad_out, self._x, self.slope)
-        self._x = None
-        return grad
-
-    def _drop_cache(self) -> None:
-        self._x = None
-
-    def extra_repr(self) -> str:
-        return f"slope={self.slope}"
 
 
 class Sigmoid(Module):
@@ -564,29 +492,20 @@ class Sequential(Module):
 class MSE(Module):
     """Mean squared error loss: ``forward(pred, target)`` -> 0-d tensor; ``backward()`` -> dL/dpred."""
 
-    def __init__(self, reduction: str = "mean") -> None:
+    def __init__(self) -> None:
         super().__init__()
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"MSE reduction must be 'mean' or 'sum', got {reduction!r}")
-        self.reduction = reduction
         self._saved = None
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         self._saved = (pred, target)
-        return F.mse_forward(pred, target, self.reduction)
+        return F.mse_forward(pred, target)
 
     def backward(self, grad_out: torch.Tensor | float = 1.0) -> torch.Tensor:
         if self._saved is None:
             raise _missing_forward(self)
         pred, target = self._saved
         self._saved = None
-        return F.mse_backward(pred, target, self.reduction, grad_out)
+        return F.mse_backward(pred, target, grad_out)
 
     def _drop_cache(self) -> None:
         self._saved = None
-
-    def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}"
-
-
-MSELoss = MSE

@@ -1,4 +1,4 @@
-"""SGD with torch.optim.SGD's update rule, and one training step of the from-scratch framework.
+"""SGD with torch.optim.SGD's update rule, for the from-scratch framework (no autograd needed).
 
 The update, per parameter p with gradient g (exactly torch.optim.SGD's, in the same order of
 operations, so float64 trajectories agree to the last bits):
@@ -185,17 +185,3 @@ class SGD:
                     value = value.detach().to(device=tensor.device, dtype=tensor.dtype, copy=True)
                 new_entry[key] = value
             self.state[tensor] = new_entry
-
-
-def train_step(model, loss_fn, optimizer, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-    """One SGD step of a scratch model: zero grads, forward, loss, backward, update.
-
-    Runs under ``torch.no_grad()``: the framework never needs autograd. Returns the loss value.
-    """
-    with torch.no_grad():
-        optimizer.zero_grad()
-        pred = model.forward(inputs)
-        loss = loss_fn.forward(pred, targets)
-        model.backward(loss_fn.backward())
-        optimizer.step()
-        return float(loss)

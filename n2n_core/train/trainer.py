@@ -120,7 +120,7 @@ class Trainer:
         return Step(
             noise=make_generator(derive_seed(self.seed, "noise", step), self.device),
             method=make_generator(derive_seed(self.seed, "method", step), self.device),
-            images_seen=images_seen, budget_images=self.cfg.budget_images,
+            images_seen=images_seen, budget_images=self.cfg.budget_images, index=step,
         )
 
     def _autocast(self):
