@@ -367,8 +367,8 @@ def list_(
 
 
 @app.command(epilog=_examples(
-    "n2n-bench sweep --network prelu --noise gaussian25 --profile smoke --batch 4,16 --loss l1 --lr 1e-3",
-    "n2n-bench sweep --network scratch --noise gaussian25 --target n2c"))
+    "n2n-bench sweep --method course-prelu --noise gaussian25 --profile smoke --axis train.batch_size=4,16 --axis train.lr=1e-4,1e-3",
+    "n2n-bench sweep --method course-bn-dropout --noise gaussian25 --axis train.batch_size=32,64,128 --axis method.loss=l1,l2"))
 @friendly_errors
 def sweep(
     method: str = typer.Option(..., help="method variant, e.g. course-bn-dropout"),
