@@ -153,7 +153,7 @@ def evaluate(
     data_dir: Optional[Path] = typer.Option(None, help="data directory (default $N2N_DATA)"),
     json_out: bool = typer.Option(False, "--json", help="last stdout line: one JSON object"),
 ) -> None:
-    """Score a method on an evaluation set with the fixed protocol (METHODS.md §8)."""
+    """Score a method on an evaluation set with the fixed protocol (docs/methods.md §8)."""
     from benchmarks.evaluate import evaluate_command
 
     summary = evaluate_command(

@@ -127,7 +127,7 @@ def caption(runs: list[JobRun], noise: str, profile: str, sets: list[str]) -> st
         f"PSNR (dB) for {noise}, profile '{profile}': training budget {params.get('train.budget_images')} images "
         f"of {crop_sizes(runs)} crops from {params.get('train.train_set')} (batch "
         f"{params.get('train.batch_size')}); evaluations per image: {repeats}{crop_note}; PSNR on "
-        f"uint8-quantised images (METHODS.md §8); {scoring_note(runs)}; device {', '.join(devices)}; total job wall time "
+        f"uint8-quantised images (docs/methods.md §8); {scoring_note(runs)}; device {', '.join(devices)}; total job wall time "
         f"{wall / 60:.1f} min. Published numbers from baselines/published.csv (first source per cell); "
         f"a number marked (float) was measured on unquantised floats and is not directly comparable."
     )

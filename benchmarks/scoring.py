@@ -2,7 +2,7 @@
 
 Blind-spot networks are scored on whole images, as the released code does (the paper and
 reproduction profiles), or in overlapping tiles of their training-crop size where the crops are
-much smaller than the images (`eval.blindspot_tiles=auto`, the quick and smoke profiles; METHODS.md
+much smaller than the images (`eval.blindspot_tiles=auto`, the quick and smoke profiles; docs/methods.md
 §4). Either way what a method estimates per image comes from the whole padded image.
 """
 
