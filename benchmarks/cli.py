@@ -267,6 +267,9 @@ def _print_store(tracking_uri: Optional[str], what: str) -> None:
     from benchmarks.mlflow_tracker import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
+    if uri.startswith(("http://", "https://")):  # a server: its UI is at the same address
+        typer.echo(f"{what} in the MLflow server {uri}; open {uri} in a browser", err=True)
+        return
     if uri.startswith("sqlite:///"):
         uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
     typer.echo(f"{what} in the MLflow store {uri}; open it with: mlflow ui --backend-store-uri {uri}", err=True)

@@ -210,7 +210,6 @@ class Loaded:
     method: Method
     model: object
     cfg: ExperimentConfig
-    source: str  # what was loaded, for the summary line
 
 
 def checkpoint_of_run(run_id: str, tracking_uri: str | None, scratch: Path) -> Path:
@@ -252,14 +251,14 @@ def load_denoiser(*, checkpoint: Path | None, run: str | None, method: str | Non
         built = build_method(cfg.method, parse_style(noise), cfg.data.channels, cfg.method_source)
         if built.trainable:
             raise ConfigError(f"method {method!r} must be trained first; pass --checkpoint or --run")
-        return Loaded(built, None, cfg, f"method {method}")
+        return Loaded(built, None, cfg)
     if run is not None:
         checkpoint = checkpoint_of_run(run, tracking_uri, scratch)
     cfg, built, model = load_trained(Path(checkpoint), device)
     if noise is not None and parse_style(noise).style != parse_style(cfg.noise).style:
         built = build_method(cfg.method, parse_style(noise), cfg.data.channels, cfg.method_source)
         cfg = cfg.model_copy(update={"noise": parse_style(noise).style})
-    return Loaded(built, model, cfg, f"run {run}" if run else f"checkpoint {checkpoint}")
+    return Loaded(built, model, cfg)
 
 
 def level_in_model_units(noise_style: str, level: float) -> float:

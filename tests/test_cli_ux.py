@@ -203,6 +203,18 @@ def test_denoise_finds_a_runs_checkpoint_by_its_run_id(tracked, tmp_path):
         assert result.exit_code == 0, result.output
         outputs[how] = np.asarray(Image.open(tmp_path / how[2:] / "photo.png"))
     assert outputs["--run"].shape == noisy.shape and np.array_equal(outputs["--run"], outputs["--checkpoint"])
+    import mlflow  # without its run folder, the checkpoint comes from the run's artefacts
+
+    client, run_id = mlflow.MlflowClient(tracked["uri"]), tracked["first"]["mlflow_run_id"]
+    folder = client.get_run(run_id).data.tags["run_dir"]
+    client.set_tag(run_id, "run_dir", str(tmp_path / "moved-away"))
+    try:
+        result = runner.invoke(app, ["denoise", "--run", run_id, str(tmp_path / "photo.png"), "--out",
+                                     str(tmp_path / "from-artefacts"), "--tracking-uri", tracked["uri"]])
+    finally:
+        client.set_tag(run_id, "run_dir", folder)
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "from-artefacts" / "photo.png")), outputs["--checkpoint"])
     missing = runner.invoke(app, ["denoise", "--run", "0" * 32, str(tmp_path / "photo.png"), "--out",
                                   str(tmp_path / "x"), "--tracking-uri", tracked["uri"]])
     assert missing.exit_code == 2 and "no run" in missing.output
