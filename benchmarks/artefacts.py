@@ -40,9 +40,16 @@ def score_all(result: TrainResult, out_dir: Path, data_dir: Path, progress: bool
             continue
         from tqdm import tqdm
 
-        with tqdm(desc=f"eval {label}", disable=not progress, leave=False, unit="img") as bar:
-            scores[label] = evaluate_model(result.method, result.model, cfg, name, cfg.noise, device,
-                                           data_dir, progress=bar.update)
+        bars: list = []  # opened once the set is loaded, with its total
+        try:
+            scores[label] = evaluate_model(
+                result.method, result.model, cfg, name, cfg.noise, device, data_dir,
+                progress=lambda n=1: bars[0].update(n),
+                on_start=lambda total, lab=label: bars.append(
+                    tqdm(total=total, desc=f"eval {lab}", disable=not progress, leave=False, unit="img")))
+        finally:
+            for bar in bars:
+                bar.close()
         write_per_image_csv(scores[label], out_dir / f"psnr-{label}.csv")
         atomic_write(saved, lambda tmp, r=scores[label]: tmp.write_text(eval_result_to_json(r)))
     if cfg.eval.sets:

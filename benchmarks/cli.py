@@ -23,7 +23,48 @@ from pydantic import ValidationError
 
 from n2n_core.errors import N2NError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+HELP_WIDTH = 150  # help is laid out at least this wide, so no default or example is cut at 80 columns
+
+
+def _wide_help() -> None:
+    """Rich (typer's help renderer) lays help out at the terminal's width, 80 when it cannot tell
+    (a pipe, CI): at least HELP_WIDTH columns instead, or $TERMINAL_WIDTH when set."""
+    import os
+    import shutil
+
+    import typer.rich_utils
+
+    if not os.environ.get("TERMINAL_WIDTH"):
+        typer.rich_utils.MAX_WIDTH = max(shutil.get_terminal_size((HELP_WIDTH, 24)).columns, HELP_WIDTH)
+
+
+_wide_help()
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"max_content_width": HELP_WIDTH},
+                  epilog="Start with: n2n-bench list methods; n2n-bench train --help; docs/methods.md for the methods.")
+
+
+def _examples(*lines: str) -> str:
+    """A command's epilog: its examples, one per paragraph (rich keeps paragraphs apart)."""
+    return "Examples:\n\n" + "\n\n".join(f"  {line}" for line in lines)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("n2n-bench")
+        except metadata.PackageNotFoundError:
+            version = "unknown (not installed: pip install -e .)"
+        typer.echo(f"n2n-bench {version}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """n2n-bench: train and score image denoisers that learn without clean data, the same way."""
 
 
 def _valid_keys(loc: tuple) -> list[str]:
@@ -130,46 +171,75 @@ def writable_folder(path: Path, option: str) -> Path:
     return Path(path)
 
 
+def _dataset_name(value: Optional[str]) -> Optional[str]:
+    """A plain folder path where a data set name is expected means `folder:PATH`."""
+    if value is None or ":" in value:
+        return value
+    from n2n_core.data.sets import REGISTERED
+
+    if value not in REGISTERED and value != "small32" and Path(value).expanduser().is_dir():
+        return f"folder:{value}"
+    return value
+
+
 def _data_dir(value: Optional[Path]) -> Path:
     from n2n_core.data.images import default_data_dir
 
     return value if value is not None else default_data_dir()
 
 
-@app.command()
+@app.command(epilog=_examples(
+    "n2n-bench evaluate --method noisy --noise gaussian25 --dataset kodak24",
+    "n2n-bench evaluate --method cbm3d --noise poisson30 --dataset bsd300 --max-images 5 --save-outputs out/",
+    "n2n-bench evaluate --checkpoint runs/n2c-gaussian25-quick-<hash>/checkpoint.pt --center-crop 0"))
 @friendly_errors
 def evaluate(
     noise: Optional[str] = typer.Option(None, help="noise style, e.g. gaussian25 (default: the checkpoint's)"),
-    dataset: str = typer.Option("kodak24", help="kodak24, bsd300, bsd300-train, set14, small32, folder:PATH, course32:DIR"),
+    dataset: Optional[str] = typer.Option(None, help="kodak24, bsd300, bsd300-train, set14, small32, folder:PATH "
+                                          "(or a plain folder), course32:DIR (default: the checkpoint's first "
+                                          "evaluation set, else kodak24)"),
     method: str = typer.Option("noisy", help="a training-free method (noisy, cbm3d)"),
-    checkpoint: Optional[Path] = typer.Option(None, help="score a trained checkpoint instead"),
-    repeats: Optional[int] = typer.Option(None, min=1, help="evaluations per image (default 1)"),
-    seed: int = typer.Option(0, help="evaluation seed: same seed, same noisy inputs"),
+    checkpoint: Optional[Path] = typer.Option(None, help="score a trained checkpoint instead, with its run's "
+                                              "evaluation settings unless the options below say otherwise"),
+    repeats: Optional[int] = typer.Option(None, min=1, help="evaluations per image (default: the run's, else 1)"),
+    seed: Optional[int] = typer.Option(None, help="evaluation seed: same seed, same noisy inputs (default: the run's, 0)"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
-    center_crop: Optional[int] = typer.Option(None, min=32, help="score central crops of this side"),
-    max_images: Optional[int] = typer.Option(None, min=1, help="score only the first N images"),
+    center_crop: Optional[int] = typer.Option(None, min=0, help="score central crops of this side; 0: whole "
+                                              "images (default: the run's)"),
+    max_images: Optional[int] = typer.Option(None, min=0, help="score only the first N images; 0: all "
+                                             "(default: the run's)"),
+    save_outputs: Optional[Path] = typer.Option(None, help="folder for every noisy input and output (PNG) "
+                                                "and the per-image PSNR CSV"),
     data_dir: Optional[Path] = typer.Option(None, help="data directory (default $N2N_DATA)"),
     json_out: bool = typer.Option(False, "--json", help="last stdout line: one JSON object"),
 ) -> None:
-    """Score a method on an evaluation set with the fixed protocol (METHODS.md §8)."""
+    """Score a method on an evaluation set with the fixed protocol (docs/methods.md §8)."""
     from benchmarks.evaluate import evaluate_command
 
     summary = evaluate_command(
-        noise=noise, dataset=dataset, method=method, checkpoint=checkpoint,
+        noise=noise, dataset=_dataset_name(dataset), method=method, checkpoint=checkpoint,
         repeats=repeats, seed=seed, device=device, data_dir=_data_dir(data_dir),
         progress=sys.stderr.isatty() or not json_out, center_crop=center_crop, max_images=max_images,
+        save_outputs=save_outputs,
     )
+    if summary.get("saved_outputs"):
+        typer.echo(f"saved noisy inputs and outputs in {summary['saved_outputs']}, "
+                   f"PSNR per image and repeat in {summary['per_image_csv']}", err=True)
     if json_out:
         typer.echo(json_line(summary))
     else:
+        crop = f"central {summary['center_crop']}² crops" if summary["center_crop"] else "whole images"
         typer.echo(
             f"{summary['method']} on {summary['dataset']} with {summary['noise']}: "
             f"{summary['psnr_mean']:.2f} dB over {summary['n_evaluations']} evaluations "
-            f"({summary['convention']} PSNR)"
+            f"({summary['n_images']} images x {summary['repeats']}, {crop}; {summary['convention']} PSNR)"
         )
 
 
-@app.command()
+@app.command(epilog=_examples(
+    "n2n-bench train --method n2v --noise gaussian25 --profile smoke",
+    "n2n-bench train --method ssdn-known --noise poisson30 --set train.lr=1e-4 --print-config",
+    "n2n-bench train --method n2c --noise gaussian25 --config run.toml --tracking-uri http://mlflow:5000"))
 @friendly_errors
 def train(
     method: str = typer.Option(..., help="method variant (n2c, n2v, ssdn-known, ...) or method name"),
@@ -181,6 +251,13 @@ def train(
     data_dir: Optional[Path] = typer.Option(None, help="data directory (default $N2N_DATA)"),
     json_out: bool = typer.Option(False, "--json", help="last stdout line: one JSON object"),
     nproc: int = typer.Option(1, min=1, help="data-parallel processes (torchrun; one per GPU on CUDA)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"),
+    track: bool = typer.Option(True, envvar="N2N_TRACK", help="log the run to MLflow and score it, as a grid job "
+                               "(--no-track: train only, nothing logged)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with train, eval, data and method sections: "
+                                          "keys (the keys --set takes); --set wins over it"),
+    print_config: bool = typer.Option(False, "--print-config", help="print the resolved configuration and its "
+                                      "hash, and run nothing"),
 ) -> None:
     """Train a method; rerunning the same command resumes an unfinished run or returns the finished one.
 
@@ -196,26 +273,38 @@ def train(
     from n2n_core.train import distributed
     from n2n_core.train.checkpoint import run_folder_lock
 
+    overrides = [*_file_overrides(config), *overrides]
     cfg = compose_config(profile, method, noise, overrides, seed=seed)
     out_dir = writable_folder(out if out is not None else run_dir(variant_name(method), cfg, paths.runs_root()),
                               "--out")
+    if print_config:
+        _print_configs([(variant_name(method), cfg, out_dir)])
+        return
     check_training_memory(cfg.train, resolve_device(cfg.train.device))
     if nproc > 1 and distributed.env_world_size() == 1:
         distributed.check_divisible(cfg.train.batch_size, cfg.train.budget_images, nproc)
         argv = ["--method", method, "--noise", noise, "--profile", profile, "--out", str(out_dir),
                 *[a for o in overrides for a in ("--set", o)], *(["--seed", str(seed)] if seed is not None else []),
-                *(["--data-dir", str(data_dir)] if data_dir is not None else []), *(["--json"] if json_out else [])]
+                *(["--data-dir", str(data_dir)] if data_dir is not None else []), *(["--json"] if json_out else []),
+                *(["--tracking-uri", tracking_uri] if tracking_uri else []), *([] if track else ["--no-track"])]
         raise typer.Exit(distributed.launch(nproc, ["-m", "benchmarks.cli", "train", *argv]))
+    show = sys.stderr.isatty() or not json_out
+    run_id = None
     main_rank = distributed.env_rank() == 0
     # one process per run folder (the torchrun ranks of one run share rank 0's)
     lock = run_folder_lock(out_dir) if main_rank else _no_lock()
     try:
         with lock:
-            note = resume_note(method, out_dir, cfg) if main_rank else None
-            if note:
-                typer.echo(note, err=True)
-            result = train_run(cfg, out_dir, data_dir=_data_dir(data_dir),
-                               progress=sys.stderr.isatty() or not json_out)
+            if track and main_rank:  # rank 0 logs for the whole torchrun job (run_job says "resuming …")
+                from benchmarks.jobs import train_and_log
+
+                result, run_id, _ = train_and_log(cfg, variant_name(method), out_dir, tracking_uri,
+                                                  paths.runs_root(), _data_dir(data_dir), show)
+            else:
+                note = resume_note(method, out_dir, cfg) if main_rank else None
+                if note:
+                    typer.echo(note, err=True)
+                result = train_run(cfg, out_dir, data_dir=_data_dir(data_dir), progress=show)
     except KeyboardInterrupt as err:
         err.n2n_note = interruption_note(method, out_dir, cfg)
         raise
@@ -227,8 +316,10 @@ def train(
         "checkpoint": str(result.checkpoint) if result.checkpoint else None,
         "images_seen": result.images_seen, "skipped_steps": result.skipped_steps,
         "train_seconds": round(result.seconds, 3), "method": cfg.method.name, "noise": cfg.noise,
-        "profile": profile, "config_hash": cfg.config_hash(),
+        "profile": profile, "config_hash": cfg.config_hash(), "mlflow_run_id": run_id,
     }
+    if run_id is not None and not json_out:
+        _print_store(tracking_uri, f"MLflow run {run_id}")
     typer.echo(json_line(summary) if json_out else
                f"trained {cfg.method.name} on {cfg.noise}: {result.images_seen} images -> {result.checkpoint}")
 
@@ -239,7 +330,37 @@ def _no_lock():
     return contextlib.nullcontext()
 
 
-@app.command()
+def _file_overrides(config: Optional[Path]) -> list[str]:
+    from benchmarks.compose import file_overrides
+
+    return file_overrides(config) if config is not None else []
+
+
+def _print_configs(items) -> None:
+    """--print-config: each resolved configuration as JSON with its hash (and its run folder)."""
+    for variant, cfg, folder in items:
+        typer.echo(f"# {variant} · {cfg.noise} · {cfg.profile}  config_hash {cfg.config_hash()}"
+                   + (f"  run folder {folder}" if folder is not None else ""))
+        typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
+
+
+def _print_store(tracking_uri: Optional[str], what: str) -> None:
+    """Where the runs went and the exact command that opens them in the browser."""
+    from benchmarks.mlflow_tracker import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri()
+    if uri.startswith(("http://", "https://")):  # a server: its UI is at the same address
+        typer.echo(f"{what} in the MLflow server {uri}; open {uri} in a browser", err=True)
+        return
+    if uri.startswith("sqlite:///"):
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    typer.echo(f"{what} in the MLflow store {uri}; open it with: mlflow ui --backend-store-uri {uri}", err=True)
+
+
+@app.command(epilog=_examples(
+    "n2n-bench grid --noise gaussian25 --profile smoke --methods noisy,n2c,ssdn-known",
+    "n2n-bench grid --table paper --profile reproduction --dry-run",
+    "n2n-bench grid --noise poisson30 --config run.toml --jobs 2 --tracking-uri http://mlflow:5000"))
 @friendly_errors
 def grid(
     noise: Optional[str] = typer.Option(None, help="noise style, e.g. gaussian25 (with --table paper: all when omitted)"),
@@ -258,6 +379,10 @@ def grid(
     ray_cpus: float = typer.Option(1, min=0.01, help="CPUs per Ray task where the cluster has no GPU (else 1 GPU)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print one line per job (and whether it is finished); train nothing"),
     json_out: bool = typer.Option(False, "--json", help="with --dry-run: one JSON object per line"),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with train, eval, data and method sections: "
+                                          "keys for every job (the keys --set takes); --set wins over it"),
+    print_config: bool = typer.Option(False, "--print-config", help="print every job's resolved configuration "
+                                      "and hash, and run nothing"),
 ) -> None:
     """Train and score every method variant valid for a noise style; log every run to MLflow."""
     from benchmarks import paths
@@ -267,6 +392,10 @@ def grid(
     out = writable_folder(out or paths.results_dir(), "--out")
     runs_dir = writable_folder(runs_dir or paths.runs_root(), "--runs-dir")
     chosen = [m.strip() for m in methods.split(",")] if methods else None
+    overrides = [*_file_overrides(config), *overrides]
+    if print_config:
+        _print_configs([(job.variant, job.config, None) for job in select_jobs(noise, profile, chosen, overrides, table)[0]])
+        return
     if dry_run:
         jobs, left_out = select_jobs(noise, profile, chosen, overrides, table)
         for line in plan(jobs, tracking_uri):
@@ -293,14 +422,47 @@ def grid(
 
         try:
             written = build_report(tracking_uri, out)
-            typer.echo(f"report: {len(written)} files in {out}", err=True)
+            _grid_summary(written, noise, profile, table, out)
         except NoFinishedRuns:
             typer.echo("report: no finished runs to report yet", err=True)
+    _print_store(tracking_uri, "every run is")
     if outcome.failed:
         raise typer.Exit(1)
 
 
-@app.command()
+def _grid_summary(written: list[Path], noise: Optional[str], profile: str, table: str, out: Path) -> None:
+    """The grid's table on stdout, then every file the report wrote."""
+    from n2n_core.noise import canonical_style
+
+    wanted = (f"table1-{profile}.md" if table == "paper" else
+              f"psnr-{canonical_style(noise)}-{profile}.md" if noise else None)
+    for path in written:
+        if wanted and Path(path).name == wanted:
+            typer.echo(Path(path).read_text())
+    typer.echo(f"report: {len(written)} files in {Path(out).resolve()}:", err=True)
+    for path in written:
+        typer.echo(f"  {Path(path).resolve()}", err=True)
+
+
+@app.command("list", epilog=_examples("n2n-bench list methods", "n2n-bench list noise",
+                                      "n2n-bench list datasets --data-dir /data"))
+@friendly_errors
+def list_(
+    kind: str = typer.Argument(..., help="methods, noise, datasets or profiles"),
+    data_dir: Optional[Path] = typer.Option(None, help="data directory for `datasets` (default $N2N_DATA)"),
+) -> None:
+    """What can be named on the command line: method variants, noise styles, data sets, profiles."""
+    from benchmarks.listing import KINDS, listing
+
+    if kind not in KINDS:
+        raise N2NError(f"unknown list {kind!r}; expected one of: {', '.join(KINDS)}")
+    for line in listing(kind, _data_dir(data_dir)):
+        typer.echo(line)
+
+
+@app.command(epilog=_examples(
+    "n2n-bench sweep --method course-prelu --noise gaussian25 --profile smoke --axis train.batch_size=4,16 --axis train.lr=1e-4,1e-3",
+    "n2n-bench sweep --method course-bn-dropout --noise gaussian25 --axis train.batch_size=32,64,128 --axis method.loss=l1,l2"))
 @friendly_errors
 def sweep(
     method: str = typer.Option(..., help="method variant, e.g. course-bn-dropout"),
@@ -339,7 +501,7 @@ def sweep(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(epilog=_examples("n2n-bench report", "n2n-bench report --tracking-uri http://mlflow:5000 --out results-gpu"))
 @friendly_errors
 def report(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default $MLFLOW_TRACKING_URI, else mlflow.db of the project)"),
@@ -354,7 +516,39 @@ def report(
     typer.echo(f"report: {len(written)} files in {out}")
 
 
-@app.command()
+@app.command(epilog=_examples(
+    "n2n-bench denoise --run 3b2d97cc171042dd8cebd11d25dfc629 photo.png --out denoised/",
+    "n2n-bench denoise --checkpoint runs/ssdn-per-image-gaussian5_50-quick-<hash>/checkpoint.pt scans/ --out out/",
+    "n2n-bench denoise --method cbm3d --noise gaussian25 --level 25 noisy.png --out DIR"))
+@friendly_errors
+def denoise(
+    inputs: list[Path] = typer.Argument(..., help="noisy image files (PNG, JPEG, 16-bit PNG, TIFF) or folders of them"),
+    out: Path = typer.Option(..., help="folder for the outputs (same file names; JPEG and others written as PNG)"),
+    checkpoint: Optional[Path] = typer.Option(None, help="a trained run's checkpoint.pt"),
+    run: Optional[str] = typer.Option(None, "--run", help="an MLflow run id (its checkpoint is found in its run folder or artefacts)"),
+    method: Optional[str] = typer.Option(None, help="a training-free method instead (cbm3d, noisy); needs --noise"),
+    noise: Optional[str] = typer.Option(None, help="noise style (default: the run's), e.g. gaussian25"),
+    level: Optional[float] = typer.Option(None, help="noise level in the style's units: Gaussian std 0-255, Poisson λ, impulse % "
+                                          "(default: estimated where the method estimates it, else the style's fixed level)"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI for --run (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"),
+) -> None:
+    """Denoise your own noisy images with a trained run or a training-free method.
+
+    Outputs keep each input's size and bit depth (16-bit in, 16-bit out); blind-spot networks are
+    tiled as the evaluator tiles them; the level used (given, estimated or the training level) is
+    printed per image (benchmarks/denoise.py).
+    """
+    from benchmarks.denoise import denoise_command
+
+    written = denoise_command(inputs=inputs, out=out, checkpoint=checkpoint, run=run, method=method,
+                              noise=noise, level=level, device=device, tracking_uri=tracking_uri,
+                              say=lambda line: typer.echo(line, err=True))
+    typer.echo(f"denoised {len(written)} image(s) into {out.resolve()}")
+
+
+@app.command(epilog=_examples("n2n-bench download kodak24", "n2n-bench download bsd300 --data-dir /data",
+                             "n2n-bench download set14 --allow-unverified"))
 @friendly_errors
 def download(
     name: str = typer.Argument(..., help="kodak24, bsd300, bsd300-train or set14"),

@@ -86,3 +86,36 @@ def run_dir(variant: str, cfg: ExperimentConfig, root: Path) -> Path:
     if not _SAFE_NAME.match(name):
         raise ConfigError(f"run name {name!r} is not a safe folder name; rename the variant")
     return Path(root) / name
+
+
+def _toml_literal(value) -> str:
+    """A Python value read from TOML, written back as a TOML literal (what --set parses)."""
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string: JSON's escapes are TOML's
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_literal(v)}" for k, v in value.items()) + "}"
+    raise ConfigError(f"configuration value {value!r} ({type(value).__name__}) cannot be a --set value")
+
+
+def file_overrides(path: Path) -> list[str]:
+    """`--config run.toml`: its [section] keys as `section.key=value` overrides, the keys --set takes
+    (a top-level `seed` too). Applied before the command line's --set, which wins over them."""
+    tree = load_toml(Path(path))
+    overrides = []
+    for key, value in tree.items():
+        if key in ("method", "noise", "profile") and not isinstance(value, dict) or key == "set":
+            raise ConfigError(f"{path}: top-level {key!r} is not a configuration key; pass --{key} on the "
+                              "command line (the file holds [train], [eval], [data], [method] sections and seed)")
+        if isinstance(value, dict):
+            overrides += [f"{key}.{sub}={_toml_literal(v)}" for sub, v in value.items()]
+        else:
+            overrides.append(f"{key}={_toml_literal(value)}")
+    return overrides

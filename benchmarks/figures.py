@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +18,36 @@ from n2n_core.train.checkpoint import atomic_write  # noqa: E402
 
 PNG_META = {"Software": None}  # no version stamp: the same store gives byte-identical files
 BOOTSTRAP_SAMPLES = 2000
+# One colour per method variant in every figure of every report (curves, Δ vs N2C): keyed by the
+# variant's name, so a method keeps its colour whatever runs a store holds. Families share a hue
+# family (tab20's light/dark pairs); variants not listed get a stable colour from their name.
+FIXED_COLOURS = dict(zip(
+    ["n2c", "n2n", "n2v", "ssdn-known", "ssdn-constant", "ssdn-per-image", "ssdn-mu", "cbm3d", "noisy",
+     "ssdn-known-diagonal", "ssdn-constant-diagonal", "ssdn-per-image-diagonal", "n2c-mono",
+     "ssdn-known-mono", "ssdn-constant-mono", "ssdn-per-image-mono"],
+    ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+     "#ff9896", "#c5b0d5", "#c49c94", "#aec7e8", "#e7969c", "#9edae5", "#dbdb8d"]))
+for _network, (_dark, _light) in zip(  # the course networks: N2N dark, N2C light, one hue per network
+        ["strided", "residual", "bn-dropout", "prelu", "scratch", "scratch-torch"],
+        [("#393b79", "#9c9ede"), ("#637939", "#cedb9c"), ("#8c6d31", "#e7cb94"), ("#843c39", "#ad494a"),
+         ("#7b4173", "#de9ed6"), ("#17becf", "#6baed6")]):
+    FIXED_COLOURS[f"course-{_network}"], FIXED_COLOURS[f"course-{_network}-n2c"] = _dark, _light
+_SPARE = ["#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
+          "#31a354", "#756bb1", "#636363", "#6baed6", "#fd8d3c", "#74c476", "#9e9ac8", "#969696",
+          "#5254a3", "#8ca252", "#bd9e39", "#ad494a", "#a55194"]
+
+
+def method_colour(variant: str) -> str:
+    """The variant's colour: fixed for the known ones, else picked by a hash of the name."""
+    if variant in FIXED_COLOURS:
+        return FIXED_COLOURS[variant]
+    import hashlib
+
+    return _SPARE[int(hashlib.sha256(variant.encode()).hexdigest(), 16) % len(_SPARE)]
+
+
+def method_palette(variants) -> dict[str, str]:
+    return {v: method_colour(v) for v in dict.fromkeys(variants)}
 
 
 def _save(fig, path: Path) -> Path:
@@ -26,36 +57,75 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def why_no_curve(run, points: int) -> str | None:
+    """Why a trained run has no validation curve (None when it has one, or trains nothing)."""
+    if points:
+        return None
+    if run.metrics.get("images_seen", 1) == 0:
+        return None  # training-free (noisy, cbm3d): no curve expected
+    if run.tags.get("training_history") == "none":
+        return "reused a finished checkpoint, trained before it was logged"
+    if str(run.params.get("train.validation_images")) == "0":
+        return "trained without validation (train.validation_images=0)"
+    return "no val_psnr logged"
+
+
+def runs_without_curve(client, runs) -> dict[str, str]:
+    """variant → why it has no validation curve, for every trained run that has none."""
+    missing = {}
+    for run in runs:
+        reason = why_no_curve(run, len(client.get_metric_history(run.run_id, "val_psnr")))
+        if reason:
+            missing[run.variant] = reason
+    return missing
+
+
 def learning_curves(client, runs, noise: str, profile: str, out: Path) -> list[Path]:
     """Validation PSNR against images seen and against training seconds, every trained method.
 
     One row per training-crop size (validation uses crops of that size, so PSNRs of different rows
-    are not comparable), methods in the order given (the grid's), legend beside each row.
+    are not comparable), methods in the order given (the grid's), legend beside each row. Trained
+    runs without a curve are named under the figure with the reason (why_no_curve), never dropped
+    silently; a figure is written even when no run has a curve.
     """
-    rows = []
+    rows, missing = [], {}
     for run in runs:
         psnr = client.get_metric_history(run.run_id, "val_psnr")
+        reason = why_no_curve(run, len(psnr))
+        if reason:
+            missing[run.variant] = reason
         seconds = {m.step: m.value for m in client.get_metric_history(run.run_id, "train_seconds")}
         crop = run.params.get("train.patch_size", "?")
         rows += [{"method": run.variant, "crop": f"{crop}² crops", "images seen": m.step,
                   "validation PSNR (dB)": m.value, "training seconds": seconds.get(m.step, np.nan)}
                  for m in psnr]
-    if not rows:
+    if not rows and not missing:
         return []
+    note = ("no curve: " + "; ".join(f"{variant} ({why})" for variant, why in missing.items())) if missing else ""
+    if not rows:
+        fig, ax = plt.subplots(figsize=(13, 1.6))
+        ax.axis("off")
+        ax.text(0.01, 0.5, textwrap.fill(note, 150), fontsize=9, va="center")
+        fig.suptitle(f"Validation PSNR, {noise}, profile {profile}")
+        return [_save(fig, out / f"curves-{noise}-{profile}.png")]
     data = pd.DataFrame(rows)
     groups = list(dict.fromkeys(data["crop"]))  # first appearance: the grid's main methods first
-    fig, axes = plt.subplots(len(groups), 2, figsize=(13, 3.6 * len(groups)), squeeze=False)
+    fig, axes = plt.subplots(len(groups), 2, figsize=(13, 3.6 * len(groups) + (0.5 if note else 0)),
+                             squeeze=False)
+    palette = method_palette(data["method"])
     for row, crop in zip(axes, groups):
         part = data[data["crop"] == crop].sort_values(["images seen"], kind="stable")
         order = list(dict.fromkeys(part["method"]))
         for ax, x in zip(row, ["images seen", "training seconds"]):
             sns.lineplot(data=part, x=x, y="validation PSNR (dB)", hue="method", hue_order=order,
-                         marker="o", ax=ax, legend=ax is row[1])
+                         palette=palette, marker="o", ax=ax, legend=ax is row[1])
         row[0].set_title(f"{crop}: per image seen")
         row[1].set_title(f"{crop}: per second of training (time-to-quality)")
         sns.move_legend(row[1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=8, title="method")
     fig.suptitle(f"Validation PSNR, {noise}, profile {profile}")
-    fig.tight_layout()
+    if note:
+        fig.text(0.01, 0.005, textwrap.fill(note, 150), fontsize=8, va="bottom")
+    fig.tight_layout(rect=(0, 0.06 / len(groups) if note else 0, 1, 1))
     return [_save(fig, out / f"curves-{noise}-{profile}.png")]
 
 
@@ -92,8 +162,9 @@ def per_image_vs_n2c(client, runs, noise, profile, dataset: str, out: Path) -> l
         rows.append({"method": variant, "mean": diffs.mean(), "low": low, "high": high})
     data = pd.DataFrame(rows)
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(data) + 1.5))
-    ax.errorbar(data["mean"], data["method"], xerr=[data["mean"] - data["low"], data["high"] - data["mean"]],
-                fmt="o", capsize=4)
+    for i, row in data.iterrows():
+        ax.errorbar([row["mean"]], [row["method"]], xerr=[[row["mean"] - row["low"]], [row["high"] - row["mean"]]],
+                    fmt="o", capsize=4, color=method_colour(row["method"]))
     ax.axvline(0, color="grey", lw=1)
     ax.set_xlabel(f"PSNR − N2C (dB), per image on {dataset}; 95% bootstrap interval")
     ax.set_title(f"{noise}, profile {profile}")

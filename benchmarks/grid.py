@@ -27,6 +27,7 @@ from n2n_core.noise import parse_style
 
 from . import paths
 from .compose import CONFIG_DIR, compose_config, variant_name
+from . import jobs as jobs_module
 from .jobs import (Attempt, Job, check_jobs, close_orphans, finished_run, git_commit, process_tags, run_local,
                    run_parallel)
 from .mlflow_tracker import EXPERIMENT, default_tracking_uri, open_store
@@ -143,6 +144,14 @@ def plan(jobs: list[Job], tracking_uri: str | None = None) -> list[dict]:
              "finished": job.config.config_hash() in finished} for job in jobs]
 
 
+def job_weight(job: Job) -> int:
+    """A job's share of the grid's progress: its training images (1 for a training-free job)."""
+    from n2n_core.methods import method_class
+
+    trainable = method_class(job.config.method.name, job.config.method_source).trainable
+    return job.config.train.budget_images if trainable else 1
+
+
 def default_profile() -> str:
     """quick on a CPU-only machine; reproduction where CUDA is available (README says so)."""
     return "reproduction" if torch.cuda.is_available() else "quick"
@@ -183,15 +192,34 @@ def run_grid(noise: str | None, profile: str, methods: list[str] | None = None, 
     attempt = Attempt(tracking_uri, EXPERIMENT, parent_id, Path(runs_root).resolve(),
                       Path(data_dir).resolve(), progress)
     started = time.time()
-    bar = tqdm(total=len(jobs), desc=f"grid {label} {profile}", unit="job", disable=not progress, position=0)
-    by_variant = {}
+    # the bar counts training images over all jobs, so its rate and ETA weigh a 2M-image job as
+    # such; a finished (skipped) job leaves the total instead of advancing it at no cost
+    bar = tqdm(total=sum(job_weight(job) for job in jobs), desc=f"grid {label} {profile}", unit="img",
+               unit_scale=True, disable=not progress, position=0, dynamic_ncols=True)
+    by_variant, done, shown = {}, 0, [0]  # shown: images of the running job already on the bar
+
+    def advance(images_seen: int) -> None:  # jobs running in this process report as they train
+        if images_seen > shown[0]:
+            bar.update(images_seen - shown[0])
+            shown[0] = images_seen
+
+    jobs_module.progress_hook = advance
     try:
         for job, (status, why) in executor(jobs, attempt):
             by_variant[job.variant] = (status, why)
-            bar.update(1)
+            done += 1
+            bar.set_postfix_str(f"{done}/{len(jobs)} jobs", refresh=False)
+            if status == "skipped":
+                bar.total -= job_weight(job)
+                bar.refresh()
+            else:
+                bar.update(max(0, job_weight(job) - min(shown[0], job_weight(job))))
+            shown[0] = 0
     except BaseException as err:  # interrupted, or the cluster went away
         client.set_terminated(parent_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
+    finally:
+        jobs_module.progress_hook = None
     bar.close()
     for job in jobs:  # in grid order, whatever order the executor finished them in
         status, why = by_variant[job.variant]

@@ -43,7 +43,12 @@ from n2n_core.train.checkpoint import RunFolderBusy, checkpoint_progress, run_fo
 
 from . import artefacts, paths, training
 from .compose import run_dir
-from .mlflow_tracker import MlflowTracker, TrackingError, open_store
+from .mlflow_tracker import MlflowTracker, TrackingError, log_network, open_store, start_system_metrics
+
+
+# Called with a job's images seen whenever it logs (in this process only): `run_grid` points it at
+# its overall progress bar while jobs run here; jobs in other processes advance it when they end.
+progress_hook = None
 
 
 @dataclass
@@ -208,14 +213,46 @@ def check_jobs(jobs: list[Job], data_dir: Path, check_device: bool = True) -> No
         raise first
 
 
-def run_job(client, experiment_id: str, parent_id: str, job: Job, runs_root: Path,
-            data_dir: Path, progress: bool) -> None:
-    """Train and score one job inside its own child run; mark the run FAILED on any error."""
+def run_name(job: Job) -> str:
+    """What MLflow shows for a job's run: `<variant> · <noise> · <profile>`."""
+    return f"{job.variant} · {job.config.noise} · {job.config.profile}"
+
+
+def history_tags(images_before: int, budget: int) -> dict[str, str]:
+    """Tags saying how much of the training curve this run holds: all of it, the part after a
+    resume, or none (a finished checkpoint reused, e.g. one trained before it was logged)."""
+    if images_before >= budget:
+        return {"training_history": "none", "training_history_note":
+                f"a finished checkpoint ({images_before} images) was reused: no curves in this run"}
+    if images_before > 0:
+        return {"training_history": "partial", "training_history_note":
+                f"resumed at {images_before} of {budget} images: curves start there"}
+    return {"training_history": "full"}
+
+
+@dataclass
+class JobResult:
+    run_id: str
+    train: training.TrainResult
+    scores: dict
+
+
+def run_job(client, experiment_id: str, parent_id: str | None, job: Job, runs_root: Path,
+            data_dir: Path, progress: bool, out_dir: Path | None = None) -> JobResult:
+    """Train and score one job inside its own MLflow run (a child of parent_id when given: a grid's
+    job; `n2n-bench train` passes none); mark the run FAILED on any error.
+
+    Everything a job logs is logged here, for grid and train alike: the flattened configuration as
+    params, job_tags, curves and system metrics while training, the final scores once, every file
+    of the run folder, and the network as an MLflow PyTorch model.
+    """
     cfg = job.config
-    tags = {"mlflow.parentRunId": parent_id, **job_tags(job, data_dir), **process_tags()}
-    run = client.create_run(experiment_id, run_name=f"{job.variant} {cfg.noise}", tags=tags)
-    tracker = MlflowTracker(client, run.info.run_id)
-    out_dir = run_dir(job.variant, cfg, runs_root)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir(job.variant, cfg, runs_root)
+    tags = {**({"mlflow.parentRunId": parent_id} if parent_id else {}), **job_tags(job, data_dir),
+            "run_dir": str(out_dir.resolve()), **process_tags()}
+    run = client.create_run(experiment_id, run_name=run_name(job), tags=tags)
+    tracker = MlflowTracker(client, run.info.run_id, on_step=progress_hook)
+    monitor = None
     try:
         tracker.log_params(cfg.flat())
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -226,12 +263,21 @@ def run_job(client, experiment_id: str, parent_id: str, job: Job, runs_root: Pat
         cached = method_class(cfg.method.name, cfg.method_source).with_cache_dir(
             cfg.method, str(runs_root / f"{cfg.method.name}-cache"))
         cfg = cfg.model_copy(update={"method": cached})  # a result cache is not part of the identity
+        trainable = method_class(cfg.method.name, cfg.method_source).trainable
+        if trainable:
+            before = checkpoint_progress(out_dir / "checkpoint.pt", identity=cfg.config_hash())
+            tracker.set_tags(history_tags(before[0] if before else 0, cfg.train.budget_images))
+            monitor = start_system_metrics(client.tracking_uri, run.info.run_id)
         result = training.train(cfg, out_dir, tracker=tracker, data_dir=data_dir, progress=progress)
+        if monitor is not None:
+            monitor.finish()
+            monitor = None
         tracker.flush()
         scores = artefacts.score_all(result, out_dir, data_dir, progress=progress)
-        for name, evaluation in scores.items():
-            tracker.log_metrics({f"psnr_{name}": evaluation.psnr_mean,
-                                 f"n_evaluations_{name}": evaluation.n_evaluations}, step=result.images_seen)
+        # the final scores, logged once, at the last step: MLflow also shows them as the model's metrics
+        tracker.log_metrics({f"psnr_{name}": evaluation.psnr_mean for name, evaluation in scores.items()},
+                            step=result.images_seen)
+        tracker.set_tags({f"n_evaluations_{name}": evaluation.n_evaluations for name, evaluation in scores.items()})
         tracker.log_metrics({"train_seconds": result.seconds, "job_seconds": time.time() - started,
                              "images_seen": result.images_seen,
                              "skipped_steps_total": result.skipped_steps}, step=result.images_seen)
@@ -241,12 +287,16 @@ def run_job(client, experiment_id: str, parent_id: str, job: Job, runs_root: Pat
                 tracker.log_artifact(path)
         if cfg.method_source is not None:  # the external method's code, beside its results
             tracker.log_artifact(external.source_file(cfg.method_source.spec), "method")
+        _log_network(client, experiment_id, run.info.run_id, tracker, result)
         if tracker.broken is not None:  # never a silent loss: the job fails, naming what is missing
             raise tracker.not_logged_error(out_dir)
         client.set_terminated(run.info.run_id, "FINISHED")
+        return JobResult(run.info.run_id, result, scores)
     except BaseException as err:
         if isinstance(err, KeyboardInterrupt):  # for the command's last line (cli.friendly_errors)
             err.n2n_note = interruption_note(job.variant, out_dir, cfg)
+        if monitor is not None:
+            monitor.finish()
         if tracker.broken is not None:  # one bounded attempt: the server may be back
             try:
                 client.set_terminated(run.info.run_id, "FAILED")
@@ -260,6 +310,46 @@ def run_job(client, experiment_id: str, parent_id: str, job: Job, runs_root: Pat
         except Exception:
             print(f"could not mark run {run.info.run_id} failed in MLflow", file=sys.stderr)
         raise
+
+
+def _log_network(client, experiment_id: str, run_id: str, tracker: MlflowTracker, result) -> None:
+    """The evaluation network as an MLflow PyTorch model (tag `network_model_uri`); a network that
+    is not a torch module (the from-scratch course network) or fails to log is said so in a tag."""
+    model = result.model
+    if model is None or tracker.broken is not None:
+        return
+    if not isinstance(model, torch.nn.Module):
+        tracker.set_tags({"network_model": f"not logged: {type(model).__name__} is not a torch.nn.Module"})
+        return
+    channels = result.config.data.channels
+    try:
+        probe = next(p for p in model.parameters())
+        with torch.inference_mode():
+            out_channels = model(torch.zeros(1, channels, 32, 32, device=probe.device)).shape[1]
+        uri = log_network(client, experiment_id, run_id, model.cpu() if probe.device.type != "cpu" else model,
+                          (channels, out_channels),
+                          {"config": result.config.canonical_json(), "method": result.config.method.name,
+                           "denoise_with": f"n2n-bench denoise --run {run_id} IMAGE --out DIR"},
+                          step=result.images_seen)
+        tracker.set_tags({"network_model_uri": uri})
+    except Exception as err:  # the run's results stand without it
+        tracker.set_tags({"network_model": f"not logged: {type(err).__name__}: {err}"[:500]})
+
+
+def train_and_log(cfg: ExperimentConfig, variant: str, out_dir: Path, tracking_uri: str | None,
+                  runs_root: Path, data_dir: Path, progress: bool) -> tuple[training.TrainResult, str, bool]:
+    """`n2n-bench train` as one grid job without a grid: (result, MLflow run id, already finished).
+
+    A configuration that already has a FINISHED run whose checkpoint is still there is not logged
+    again: the finished result is returned with that run's id.
+    """
+    client, experiment_id = open_store(tracking_uri)
+    done = finished_run(client, experiment_id, cfg.config_hash())
+    if done is not None and (Path(out_dir) / "checkpoint.pt").exists():
+        return training.train(cfg, out_dir, data_dir=data_dir, progress=progress), done.info.run_id, True
+    outcome = run_job(client, experiment_id, None, Job(variant, cfg), Path(runs_root), data_dir, progress,
+                      out_dir=out_dir)
+    return outcome.train, outcome.run_id, False
 
 
 def attempt_job(client, experiment_id: str, parent_id: str, job: Job, runs_root: Path,

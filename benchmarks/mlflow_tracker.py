@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import socket
 import sqlite3
@@ -35,6 +36,25 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 DEADLINE_ENV = "N2N_TRACKING_DEADLINE"
 DEFAULT_DEADLINE_S = 120.0
 STORE_LOCK_TIMEOUT_S = 300.0  # another process creating or migrating the same store
+# MLflow's own INFO lines (database set-up, system metrics start/stop) stay off the terminal;
+# MLFLOW_LOGGING_LEVEL=INFO brings them back.
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+# Opens in MLflow's classic training view (runs table, charts), not the GenAI one; the tag name and
+# value are those of MLflow 3.17's UI (`mlflow.experimentKind`, ExperimentKind.CUSTOM_MODEL_DEVELOPMENT).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+EXPERIMENT_DESCRIPTION = """**n2n-bench**: image denoisers trained without clean data (N2C, N2N, N2V, SSDN, CBM3D, ...),
+trained and scored the same way. One run per (method variant, noise style, profile), named
+`<variant> · <noise> · <profile>`; a grid's jobs are nested under the grid's run.
+
+- `psnr_<set>`: the final score (dB, uint8 PSNR, docs/methods.md §8), logged once; add it as a
+  column of the runs table, or compare runs in the chart view.
+- `val_psnr`, `train_loss`, `lr`: curves against images seen (the step); `system/*`: CPU, memory
+  and GPU while training.
+- Tags: `variant`, `noise`, `profile`, `config_hash` (the run's identity), `run_dir` (checkpoint
+  folder), versions, data digest; the trained network is a logged PyTorch model.
+
+Rebuild the tables: `n2n-bench report`. Denoise with a run: `n2n-bench denoise --run RUN_ID IMAGE --out DIR`.
+"""
 
 
 class TrackingError(N2NError):
@@ -135,9 +155,12 @@ def open_store(uri: str | None = None, experiment: str = EXPERIMENT, create: boo
         if lock is not None:
             lock.acquire()
         try:
+            logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
             client = MlflowClient(tracking_uri=uri)
             found = client.get_experiment_by_name(experiment)
             if found is not None:
+                if "mlflow.experimentKind" not in found.tags:  # made by an older release: label it once
+                    _describe(client, found.experiment_id)
                 return client, found.experiment_id
             if not create:
                 raise NoFinishedRuns(f"the tracking store {uri} has no experiment {experiment!r}; run "
@@ -145,7 +168,9 @@ def open_store(uri: str | None = None, experiment: str = EXPERIMENT, create: boo
             artifacts = None
             if db is not None:  # keep artifacts beside the embedded store, git-ignored
                 artifacts = (db.resolve().parent / "mlartifacts").as_uri()
-            return client, client.create_experiment(experiment, artifact_location=artifacts)
+            experiment_id = client.create_experiment(experiment, artifact_location=artifacts)
+            _describe(client, experiment_id)
+            return client, experiment_id
         finally:
             if lock is not None and lock.is_locked:
                 lock.release()
@@ -278,6 +303,61 @@ def install_request_deadline() -> None:
     request_utils._cached_get_request_session = session_with_deadline
 
 
+def _describe(client, experiment_id: str) -> None:
+    """The experiment's description (shown on its page) and its kind (the classic training view)."""
+    for key, value in {"mlflow.note.content": EXPERIMENT_DESCRIPTION, **EXPERIMENT_KIND}.items():
+        client.set_experiment_tag(experiment_id, key, value)
+
+
+def start_system_metrics(tracking_uri: str, run_id: str):
+    """MLflow's system metrics (CPU, memory, disk, network; GPU with the `gpu` extra) for one run,
+    sampled every 10 s (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL) in a thread; None when psutil
+    is missing. The caller calls .finish()."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, tracking_uri=tracking_uri)
+        monitor.start()
+        return monitor
+    except Exception:  # psutil missing, or the monitor cannot start: the run goes on without
+        return None
+
+
+def log_network(client, experiment_id: str, run_id: str, network, signature_channels: tuple[int, int],
+                metadata: Mapping[str, str], step: int) -> str:
+    """Log `network` as an MLflow PyTorch model of the run; return its URI (models:/<id>).
+
+    Logged at the step of the final scores, so MLflow shows them as the model's metrics. The
+    signature is the network's own: float32 (N, C_in, H, W) → (N, C_out, H, W), H and W multiples
+    of 32 (what it computes: SSDN's network outputs μ and the prior's factors, not the posterior
+    mean; denoise with `n2n-bench denoise --run`). Pickle format (MLflow's `pt2` needs a fixed
+    input shape): `mlflow.pytorch.load_model` unpickles code, so load models from stores you trust.
+    """
+    import numpy as np
+    import mlflow
+    import torch
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    c_in, c_out = signature_channels
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, c_in, -1, -1))]),
+                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, c_out, -1, -1))]))
+    previous_uri, quiet = mlflow.get_tracking_uri(), logging.getLogger("mlflow.pytorch")
+    level = quiet.level
+    try:
+        mlflow.set_tracking_uri(client.tracking_uri)
+        quiet.setLevel(logging.ERROR)  # its pickle-format warning is the docstring's last sentence
+        logged = client.create_logged_model(experiment_id, name="network", source_run_id=run_id)
+        info = mlflow.pytorch.log_model(network, name="network", signature=signature, metadata=dict(metadata),
+                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                                        serialization_format="pickle", run_id=run_id,
+                                        model_id=logged.model_id, step=step)
+    finally:
+        quiet.setLevel(level)
+        mlflow.set_tracking_uri(previous_uri)
+    return info.model_uri
+
+
 class MlflowTracker:
     """Tracker for one MLflow run; metrics are buffered and sent in batches.
 
@@ -287,8 +367,9 @@ class MlflowTracker:
     reports what was not logged (benchmarks/grid.py); a rerun logs it from the kept files.
     """
 
-    def __init__(self, client, run_id: str, flush_every: int = 50):
+    def __init__(self, client, run_id: str, flush_every: int = 50, on_step=None):
         self.client, self.run_id, self.flush_every = client, run_id, flush_every
+        self.on_step = on_step  # called with each logged step (images seen): the grid's overall bar
         self._pending: list = []
         self.unlogged: dict[str, int] = {}  # "metrics" / "params" / "artifacts" / "tags" → count
         self.broken: str | None = None  # the first failed write's error; nothing is sent after it
@@ -332,6 +413,8 @@ class MlflowTracker:
 
         now = int(time.time() * 1000)
         self._pending += [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+        if self.on_step is not None:
+            self.on_step(int(step))
         if len(self._pending) >= self.flush_every:
             self.flush()
 

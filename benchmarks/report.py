@@ -165,7 +165,7 @@ def caption(runs: list[JobRun], noise: str, profile: str, sets: list[str]) -> st
         f"PSNR (dB) for {noise}, profile '{profile}': training budget {params.get('train.budget_images')} images "
         f"of {crop_sizes(runs)} crops from {params.get('train.train_set')} (batch "
         f"{params.get('train.batch_size')}); evaluations per image: {repeats}{crop_note}; PSNR on "
-        f"uint8-quantised images (METHODS.md §8); {scoring_note(runs)}; device {', '.join(devices)}; total job wall time "
+        f"uint8-quantised images (docs/methods.md §8); {scoring_note(runs)}; device {', '.join(devices)}; total job wall time "
         f"{wall / 60:.1f} min. Published numbers from baselines/published.csv (first source per cell); "
         f"a number marked (float) was measured on unquantised floats and is not directly comparable."
     )
@@ -245,6 +245,9 @@ def build_report(tracking_uri: str | None, out: Path,
         raise N2NError(f"could not create the report folder {out} ({err.strerror or err}); pass --out "
                        "with a folder you can write") from None
     written: list[Path] = []
+    from . import report_html
+
+    sections: list[report_html.Section] = []
     for (noise, profile), runs in sorted(groups.items()):
         table, sets = build_table(runs, noise)
         text = caption(runs, noise, profile, sets)
@@ -256,10 +259,21 @@ def build_report(tracking_uri: str | None, out: Path,
         from . import figures
 
         figures_dir = inside(out, out / "figures")  # its names are plain (unsafe_names): only a link could lead out
-        written += figures.all_figures(client, in_grid_order(runs), noise, profile, sets, figures_dir)
+        drawn = figures.all_figures(client, in_grid_order(runs), noise, profile, sets, figures_dir)
+        written += drawn
+        sections.append(report_html.Section(
+            f"{noise}, profile {profile}", text, ["method", *(f"{s} ours (published, Δ)" for s in sets)],
+            [[row["variant"], *(_cell(row, s) for s in sets)] for _, row in table.iterrows()], drawn))
         if readme is not None and readme.exists():
             update_readme(readme, noise, profile, markdown)
-    written += paper_tables(groups, out)
+    paper = paper_tables(groups, out)
+    written += paper
+    for path in paper:
+        if path.suffix == ".csv":
+            sections.append(report_html.csv_section(path, f"Table 1 layout, profile {path.stem.removeprefix('table1-')}",
+                                                    path.with_suffix(".md").read_text().strip().splitlines()[-1]))
+    if sections:
+        written.append(report_html.write_index(out, sections, client.tracking_uri, written))
     return written
 
 

@@ -2,7 +2,7 @@
 
 Blind-spot networks are scored on whole images, as the released code does (the paper and
 reproduction profiles), or in overlapping tiles of their training-crop size where the crops are
-much smaller than the images (`eval.blindspot_tiles=auto`, the quick and smoke profiles; METHODS.md
+much smaller than the images (`eval.blindspot_tiles=auto`, the quick and smoke profiles; docs/methods.md
 §4). Either way what a method estimates per image comes from the whole padded image.
 """
 
@@ -87,16 +87,30 @@ def load_trained(checkpoint: Path, device: torch.device) -> tuple[ExperimentConf
 
 def evaluate_model(method: Method, model, cfg: ExperimentConfig, dataset: str, noise: str,
                    device: torch.device, data_dir: Path, repeats: int | None = None,
-                   progress=None) -> EvalResult:
-    """Score a (trained) method on one set with the §8 protocol and the config's eval options."""
+                   progress=None, on_start=None, on_output=None) -> EvalResult:
+    """Score a (trained) method on one set with the §8 protocol and the config's eval options.
+
+    on_start(n) is called with the number of evaluations once the set is loaded (a progress bar's
+    total), progress(1) after each, and on_output(input, output) with every denoised input.
+    """
     noise_model = parse_style(noise)
     if noise_model.style != parse_style(cfg.noise).style:  # e.g. known-σ SSDN scored on another level
         method = build_method(cfg.method, noise_model, cfg.data.channels, cfg.method_source)
     evaluator = make_evaluator(resolve_set(dataset, data_dir, cfg.data.channels), noise_model, seed=cfg.eval.seed,
                                repeats=repeats or cfg.eval.repeats_for(dataset),
                                center_crop=cfg.eval.center_crop, max_images=cfg.eval.max_images)
-    return evaluator.run(make_denoiser(method, model, device, cfg), chunk=method.eval_chunk,
-                         progress=progress)
+    denoise = make_denoiser(method, model, device, cfg)
+    if on_output is not None:
+        plain = denoise
+
+        def denoise(items):
+            outputs = plain(items)
+            for item, output in zip(items, outputs):
+                on_output(item, output)
+            return outputs
+    if on_start is not None:
+        on_start(evaluator.n_evaluations)
+    return evaluator.run(denoise, chunk=method.eval_chunk, progress=progress)
 
 
 def eval_result_to_json(result: EvalResult) -> str:

@@ -15,7 +15,7 @@ back, not retrained.
 Writes `<out>/sweep-<variant>-<noise>-<profile>-<keys>.md|.csv` and a figure beside them: for
 one axis a line chart (numbers) or a bar chart (words), for two a heatmap; with three or more
 the table only (one block per combination of the third and later axes), and it says so. The
-parent run holds the same files as artefacts. Report B's grid (METHODS.md §10) is one call:
+parent run holds the same files as artefacts. Report B's grid (docs/methods.md §10) is one call:
 
     n2n-bench sweep --method course-bn-dropout --noise gaussian25 --axis train.batch_size=32,64,128 \\
         --axis train.lr=1e-4,1e-3,2e-3 --axis method.loss=l1,l2     # one block per loss: batch × lr
@@ -187,7 +187,7 @@ def run_sweep(method: str, noise: str, profile: str, axes: list[Axis], overrides
 def describe(cfg, method: str, keys: list[str]) -> str:
     return (f"Sweep of {method} over {' × '.join(keys)} on {cfg.noise}, profile '{cfg.profile}': "
             f"{cfg.train.budget_images} images of {cfg.train.patch_size}² crops from {cfg.train.train_set} "
-            f"per cell unless an axis changes them; PSNR (dB, uint8-quantised, METHODS.md §8) on "
+            f"per cell unless an axis changes them; PSNR (dB, uint8-quantised, docs/methods.md §8) on "
             f"{cfg.eval.sets[0]}. Every cell is one run in the MLflow experiment '{SWEEP_EXPERIMENT}'.")
 
 

@@ -3,7 +3,7 @@
 Built from the same finished runs as the per-noise tables (report.py), for one profile at a time:
 a cell is "ours (published)" where baselines/published.csv has the published number. A method
 column whose level is estimated takes the variant the released list pairs with the style (one
-constant for fixed-level styles, the per-image network for variable ones, METHODS.md §5).
+constant for fixed-level styles, the per-image network for variable ones, docs/methods.md §5).
 """
 
 from __future__ import annotations

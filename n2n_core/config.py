@@ -67,7 +67,7 @@ def check_training_memory(train: "TrainConfig", device) -> None:
 
 class TrainConfig(Frozen):
     budget_images: int = Field(gt=0)
-    """Images seen in training; the paper's "2M iterations" is 2_000_000 here (METHODS.md §2)."""
+    """Images seen in training; the paper's "2M iterations" is 2_000_000 here (docs/methods.md §2)."""
     batch_size: int = Field(4, gt=0)
     """Minibatch size in images (paper: 4)."""
     patch_size: int = Field(256, gt=0, multiple_of=32)
@@ -118,7 +118,7 @@ class EvalConfig(Frozen):
     """Blind-spot methods: 'auto' denoises images larger than the training crop in overlapping
     tiles of the crop size, keeping each tile's centre (the quick and smoke profiles); 'off' scores
     whole padded images as the released code does (the paper and reproduction profiles; a warning
-    when the images are more than twice the crop). METHODS.md §4."""
+    when the images are more than twice the crop). docs/methods.md §4."""
     seed: int = 0
     """Evaluation noise seed: identical noisy inputs for every method."""
 

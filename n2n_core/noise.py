@@ -1,4 +1,4 @@
-"""Noise models of METHODS.md §1: Gaussian, Poisson and impulse, fixed or drawn per image.
+"""Noise models of docs/methods.md §1: Gaussian, Poisson and impulse, fixed or drawn per image.
 
 Every model is a frozen dataclass whose `sample(clean, rng)` returns the noisy batch *and* the level
 it drew for each image. Nothing here clips, quantises or touches global random state.
@@ -60,7 +60,7 @@ def add_gaussian(clean: Tensor, sigma: Tensor, rng: torch.Generator) -> Tensor:
 
 
 def add_poisson(clean: Tensor, lam: Tensor, rng: torch.Generator) -> Tensor:
-    """y = Poisson(λ[n]·x) / λ[n] per pixel and channel (not (λx + Poisson(1))/λ: METHODS.md §1)."""
+    """y = Poisson(λ[n]·x) / λ[n] per pixel and channel (not (λx + Poisson(1))/λ: docs/methods.md §1)."""
     lam = lam.to(clean.dtype).view(-1, 1, 1, 1)
     return torch.poisson(lam * clean, generator=rng) / lam
 

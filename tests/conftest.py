@@ -25,6 +25,9 @@ _SHARED_DATA = REPO.parent / "shared" / "data"
 
 if not os.environ.get("N2N_DATA") and _SHARED_DATA.is_dir():
     os.environ["N2N_DATA"] = str(_SHARED_DATA.resolve())
+# `n2n-bench train` logs to the project's MLflow store by default; a test that wants a store asks
+# for one with --track and its own --tracking-uri, so no test writes to the project's mlflow.db
+os.environ.setdefault("N2N_TRACK", "0")
 
 
 @pytest.fixture

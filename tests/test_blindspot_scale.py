@@ -1,4 +1,4 @@
-"""A blind-spot network is scored at the scale it was trained on (METHODS.md §4).
+"""A blind-spot network is scored at the scale it was trained on (docs/methods.md §4).
 
 Trained on 64² crops, the blind-spot network learns its deep levels mostly from zero padding, so
 on larger images it breaks; the smoke profile therefore scores it on 128² centre crops in 64²

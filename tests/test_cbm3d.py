@@ -1,4 +1,4 @@
-"""CBM3D (METHODS.md §7): Anscombe pair, bm3d on tiny images, pool identity, cache, crop, refusals.
+"""CBM3D (docs/methods.md §7): Anscombe pair, bm3d on tiny images, pool identity, cache, crop, refusals.
 
 bm3d costs a few seconds per call even on 64×64 images (a fixed cost inside bm4d), so the real
 calls are shared through one module-scoped fixture; the crop and cache tests use spies.

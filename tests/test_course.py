@@ -1,4 +1,4 @@
-"""The 32×32 course benchmark (METHODS.md §10): small32, course32:DIR, the course networks, the sweep.
+"""The 32×32 course benchmark (docs/methods.md §10): small32, course32:DIR, the course networks, the sweep.
 
 Every course network trains on small32 under the smoke profile through `n2n-bench train` and its
 checkpoint scores through `n2n-bench evaluate --dataset small32`; small32's crops are compared with

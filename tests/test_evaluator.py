@@ -1,4 +1,4 @@
-"""The evaluation protocol (METHODS.md section 8): pad, seeded noise per (image, repeat), crop, PSNR.
+"""The evaluation protocol (docs/methods.md section 8): pad, seeded noise per (image, repeat), crop, PSNR.
 
 References are computed independently: images are re-read with PIL, padding is rebuilt by index
 arithmetic, PSNR comes from skimage.metrics on arrays quantised with a numpy copy of the rule.

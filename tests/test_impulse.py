@@ -1,4 +1,4 @@
-"""Impulse noise trained as the released SSDN code does (METHODS.md §5b).
+"""Impulse noise trained as the released SSDN code does (docs/methods.md §5b).
 
 The annealed loss against its formula and autograd, and against a closed form: fitting one constant
 to impulse-corrupted samples of a constant image through the real Trainer recovers the clean value

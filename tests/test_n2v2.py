@@ -101,7 +101,7 @@ def test_median_refuses_an_empty_window():
 
 
 def _literal_n2v2(net, x):
-    """METHODS.md §3's table with every pool replaced by the loop-checked blur pool and conv1a
+    """docs/methods.md §3's table with every pool replaced by the loop-checked blur pool and conv1a
     reading the upsampled features alone."""
     act = lambda t: F.leaky_relu(t, 0.1)  # noqa: E731
     conv = lambda layer, t: F.conv2d(t, layer.weight, layer.bias, padding=1)  # noqa: E731
@@ -133,7 +133,7 @@ def test_default_unet_is_unchanged_by_the_new_options():
     plain, explicit = UNet(rng=make_generator(5)), UNet(rng=make_generator(5), pool="max", top_skip=True)
     shapes = {k: tuple(v.shape) for k, v in plain.state_dict().items()}
     assert shapes == {k: tuple(v.shape) for k, v in explicit.state_dict().items()}
-    assert shapes["body.decoder.4.0.weight"] == (96, 99, 3, 3)  # METHODS.md §3: 96 + the image
+    assert shapes["body.decoder.4.0.weight"] == (96, 99, 3, 3)  # docs/methods.md §3: 96 + the image
     n2v2 = UNet(rng=make_generator(5), pool="blur", top_skip=False).state_dict()
     assert n2v2.keys() == plain.state_dict().keys()
     assert tuple(n2v2["body.decoder.4.0.weight"].shape) == (96, 96, 3, 3)

@@ -1,4 +1,4 @@
-"""Noise2Void masking (METHODS.md section 6): checked against independent recomputations.
+"""Noise2Void masking (docs/methods.md section 6): checked against independent recomputations.
 
 The input is mostly arange(...) (distinct, exactly representable values), so every replaced value
 names the flat index of the pixel it came from, and the source position can be recovered.

@@ -1,4 +1,4 @@
-"""Tests for the U-Net (METHODS.md §3) and the blind-spot U-Net (§4): shapes, init, blind spot."""
+"""Tests for the U-Net (docs/methods.md §3) and the blind-spot U-Net (§4): shapes, init, blind spot."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _image(size: int = 32, n: int = 1, seed: int = 1, dtype=torch.float32) -> to
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-# --- an independent, literal reading of METHODS.md §3/§4 (pad, convolve same, crop) -------------
+# --- an independent, literal reading of docs/methods.md §3/§4 (pad, convolve same, crop) -------------
 
 
 def _literal_body(body, x, conv3x3, pool):

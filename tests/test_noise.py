@@ -1,4 +1,4 @@
-"""Noise models (METHODS.md section 1): moments against the formulas, levels, seeds, parsing.
+"""Noise models (docs/methods.md section 1): moments against the formulas, levels, seeds, parsing.
 
 Expected levels are written here from the style table (Gaussian in 0-255 units / 255, Poisson λ,
 impulse percent / 100), and every statistic is recomputed from the samples with torch/scipy, with
@@ -24,7 +24,7 @@ from n2n_core.noise import (
     parse_style,
 )
 
-# style → (class, low, high) in the model's units, written from METHODS.md §1 by hand
+# style → (class, low, high) in the model's units, written from docs/methods.md §1 by hand
 STYLES = {
     "gaussian25": (GaussianNoise, 25 / 255, 25 / 255),
     "gaussian5_50": (GaussianNoise, 5 / 255, 50 / 255),

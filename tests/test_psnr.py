@@ -1,4 +1,4 @@
-"""PSNR conventions (METHODS.md section 8) against skimage.metrics and hand-computed values."""
+"""PSNR conventions (docs/methods.md section 8) against skimage.metrics and hand-computed values."""
 
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def test_psnr_uint8_edge_cases_by_hand():
 
 
 def test_psnr_uint8_differs_from_float_psnr():
-    # the two conventions must not be confused (METHODS.md §8): quantisation changes the number
+    # the two conventions must not be confused (docs/methods.md §8): quantisation changes the number
     clean = torch.full((3, 32, 32), 100 / 255, dtype=torch.float64)
     output = clean + 0.3 / 255  # below half a level: float PSNR finite, uint8 PSNR infinite
     assert math.isfinite(psnr_float(output, clean)) and psnr_uint8(output, clean) == math.inf

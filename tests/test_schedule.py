@@ -1,4 +1,4 @@
-"""Learning-rate schedule (METHODS.md §2): sin² ramp-up over 10 %, flat, cos⁴ ramp-down over 30 %.
+"""Learning-rate schedule (docs/methods.md §2): sin² ramp-up over 10 %, flat, cos⁴ ramp-down over 30 %.
 
 Expected values are worked out by hand from half-angle identities, not from the code:
 sin²(π/4) = 1/2, cos⁴(π/4) = 1/4, sin²(π/8) = (1 − √2/2)/2, cos⁴(3π/8) = ((1 − √2/2)/2)².

@@ -1,4 +1,4 @@
-"""Tests for the from-scratch framework (METHODS.md section 10, n2n_core/scratch).
+"""Tests for the from-scratch framework (docs/methods.md section 10, n2n_core/scratch).
 
 Every forward and every gradient is checked against torch autograd in float64 (relative error
 <= 1e-10) over strides 1-3, paddings 0-2 and dilations 1-2; then SGD against torch.optim.SGD,

@@ -1,7 +1,7 @@
 """Image sets and image reading: sizes of the registered sets, corrupt/missing/odd files, filters.
 
 Expected pixels come from the arrays the tests wrote (or PIL reading the file directly); expected
-set sizes and names come from METHODS.md section 8 and the data set sources, not from the code.
+set sizes and names come from docs/methods.md section 8 and the data set sources, not from the code.
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ def test_truncated_and_garbage_files_are_data_errors(tmp_path):
 def test_imagenet_filter_keeps_images_with_both_sides_in_256_512(tmp_path, monkeypatch):
     folder = tmp_path / "ilsvrc-val"
     folder.mkdir()
-    # (width, height) → kept?  Both sides must lie in [256, 512] (METHODS.md §2)
+    # (width, height) → kept?  Both sides must lie in [256, 512] (docs/methods.md §2)
     sizes = {
         (256, 256): True, (512, 512): True, (256, 512): True, (500, 375): True, (333, 500): True,
         (255, 300): False, (300, 255): False, (513, 400): False, (400, 513): False,

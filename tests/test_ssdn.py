@@ -1,7 +1,7 @@
 """SSDN's own checks: loss and posterior against torch.distributions / torch.linalg, the level.
 
 The generic contract (tests/test_methods_contract.py) runs SSDN like every other method; here its
-likelihood and output are compared with an independent float64 computation of METHODS.md §5.
+likelihood and output are compared with an independent float64 computation of docs/methods.md §5.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def make(config, style: str = "gaussian25"):
 
 
 def _reference_ssdn(config, style, raw, y, true_level):
-    """Loss and posterior mean of METHODS.md §5 with torch.distributions / torch.linalg, float64.
+    """Loss and posterior mean of docs/methods.md §5 with torch.distributions / torch.linalg, float64.
 
     `raw` is the blind-spot network's output on `y`; the estimated level is its initial value.
     """
@@ -113,7 +113,7 @@ def test_ssdn_noise_level_net_gets_gradient_only_in_its_zeroed_last_layer_at_ini
 
 
 def test_ssdn_tiles_share_the_level_estimated_on_the_whole_image():
-    """Per-image σ stays per image when scored in tiles (METHODS.md §4): every tile gets the
+    """Per-image σ stays per image when scored in tiles (docs/methods.md §4): every tile gets the
     whole padded image's estimate, which is the level net's mean over the whole image."""
     from benchmarks.scoring import make_denoiser
     from n2n_core.evaluation.protocol import EvalInput

@@ -1,4 +1,4 @@
-"""SSDN per-pixel algebra (METHODS.md §5) vs closed forms, numpy, torch.distributions, Monte Carlo."""
+"""SSDN per-pixel algebra (docs/methods.md §5) vs closed forms, numpy, torch.distributions, Monte Carlo."""
 
 from __future__ import annotations
 

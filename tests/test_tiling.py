@@ -1,4 +1,4 @@
-"""Tiled denoising for blind-spot networks (METHODS.md §4): tiles cover the image, and every output
+"""Tiled denoising for blind-spot networks (docs/methods.md §4): tiles cover the image, and every output
 pixel comes from the tile whose centre is nearest to it.
 
 The reference is a brute-force loop over pixels and tiles (Euclidean distance to each tile centre,

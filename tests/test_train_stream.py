@@ -1,4 +1,4 @@
-"""The training crop stream (METHODS.md section 2): epochs without replacement, true crops, resumable.
+"""The training crop stream (docs/methods.md section 2): epochs without replacement, true crops, resumable.
 
 Source images are random uint8 noise, so a crop's position can be recovered by exhaustive search
 (a random 8x8 window occurs only once), independently of how the stream chose it.

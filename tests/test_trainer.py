@@ -1,4 +1,4 @@
-"""The method-agnostic trainer (METHODS.md §2): exact resume, skipped non-finite steps, image budgets.
+"""The method-agnostic trainer (docs/methods.md §2): exact resume, skipped non-finite steps, image budgets.
 
 Most tests train a single 3×3 convolution (a Method defined here) so that a run of a few steps
 costs milliseconds; one resume test uses the registered N2C with the real U-Net. References are
@@ -144,7 +144,7 @@ def load(path: Path) -> dict:
 
 
 def paper_lr(n: int, total: int, lr: float, up: float = 0.1, down: float = 0.3) -> float:
-    """METHODS.md §2 written out again: sin²(πt/2) ramp-up, (1 + cos πt)²/4 ramp-down, 0 at N."""
+    """docs/methods.md §2 written out again: sin²(πt/2) ramp-up, (1 + cos πt)²/4 ramp-down, 0 at N."""
     if n >= total:
         return 0.0
     factor = 1.0

@@ -5,7 +5,7 @@
 
 For each course network, trains `course-<net>` (N2N) and `course-<net>-n2c` (N2C) under the same
 profile, seed and overrides (so the same crops and the same first noise draw at every step), scores
-both on all 1,000 small32 crops (METHODS.md §8 protocol, uint8 PSNR), and reports N2N − N2C with a
+both on all 1,000 small32 crops (docs/methods.md §8 protocol, uint8 PSNR), and reports N2N − N2C with a
 95% bootstrap interval over crops. A network passes when |N2N − N2C| ≤ 0.3 dB. It takes minutes
 (twelve trainings at the quick budget), so it is a benchmark, not a test. Runs live under
 runs/bench-n2n-vs-n2c/ and are resumed or reused when rerun; results go to

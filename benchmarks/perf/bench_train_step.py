@@ -76,7 +76,7 @@ def _act(x: Tensor) -> Tensor:
 
 
 class PlainUNet(nn.Module):
-    """METHODS.md §3 written the obvious way: NCHW, nn.Conv2d(padding=1), pool, interpolate, cat."""
+    """docs/methods.md §3 written the obvious way: NCHW, nn.Conv2d(padding=1), pool, interpolate, cat."""
 
     def __init__(self, in_ch: int, n_out: int, head_in: int = 96, head_mid: int = 96):
         super().__init__()
@@ -114,7 +114,7 @@ class PlainUNet(nn.Module):
 
 
 class PlainBlindSpot(PlainUNet):
-    """METHODS.md §4 done naively: pad a zero row on top, convolve 'same', crop; rot90 + cat."""
+    """docs/methods.md §4 done naively: pad a zero row on top, convolve 'same', crop; rot90 + cat."""
 
     def __init__(self, in_ch: int, n_out: int):
         super().__init__(in_ch, n_out, head_in=384, head_mid=384)

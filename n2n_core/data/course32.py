@@ -1,4 +1,4 @@
-"""`course32:DIR`: the course's own 32×32 files (METHODS.md §10), loaded without running any code.
+"""`course32:DIR`: the course's own 32×32 files (docs/methods.md §10), loaded without running any code.
 
 `DIR/train_data.pkl` holds two uint8 tensors N×3×32×32 (two corruptions of the same images, no
 clean target) and `DIR/val_data.pkl` two more: the noisy inputs and their clean targets. Both are

@@ -135,5 +135,5 @@ def set_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def to_float(image: torch.Tensor) -> torch.Tensor:
-    """uint8 → float32 in [0, 1] as x / 255 (no mean offset, METHODS.md §1)."""
+    """uint8 → float32 in [0, 1] as x / 255 (no mean offset, docs/methods.md §1)."""
     return image.to(torch.float32) / 255.0

@@ -103,7 +103,8 @@ def _resolve_files(name: str, data_dir: Path) -> ImageSet:
     if name.startswith("folder:"):
         return _folder_set(name, Path(name.split(":", 1)[1]).expanduser(), filter_sides=None)
     if name not in REGISTERED:
-        raise ConfigError(f"unknown data set {name!r}; expected one of: {SET_FORMS}")
+        hint = f" (a folder of images is named folder:{name})" if Path(name).expanduser().is_dir() else ""
+        raise ConfigError(f"unknown data set {name!r}{hint}; expected one of: {SET_FORMS}")
     verified, folder, repeats = REGISTERED[name]
     if name == "imagenet-val":
         root = Path(os.environ.get("N2N_IMAGENET", data_dir / folder))

@@ -1,6 +1,6 @@
 """`small32`: a fixed, seeded evaluation set of 1,000 32×32 crops from the BSD300 test images.
 
-It stands in for the course's own validation files (METHODS.md §10) so the 32×32 benchmark runs
+It stands in for the course's own validation files (docs/methods.md §10) so the 32×32 benchmark runs
 anywhere the BSD300 test set is. Crop i comes from source image i mod 100 (ten crops per image),
 at a position drawn from `derive_seed("small32", i)`; the crops are the same on every machine and
 in every run. The noise is the run's style, drawn per (crop, repeat) by the usual Evaluator (§8),

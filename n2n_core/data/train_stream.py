@@ -1,4 +1,4 @@
-"""The training crop stream of METHODS.md §2, addressed by the number of images seen.
+"""The training crop stream of docs/methods.md §2, addressed by the number of images seen.
 
 Order: a permutation of the training images per epoch, drawn from (seed, epoch), so images are
 sampled without replacement and reshuffled when exhausted. Each image gets one uniformly random

@@ -1,1 +1,1 @@
-"""Evaluation: PSNR conventions and the fixed protocol of METHODS.md §8."""
+"""Evaluation: PSNR conventions and the fixed protocol of docs/methods.md §8."""

@@ -1,4 +1,4 @@
-"""The evaluation protocol of METHODS.md §8: pad → seeded noise per (image, repeat) → denoise → crop → PSNR.
+"""The evaluation protocol of docs/methods.md §8: pad → seeded noise per (image, repeat) → denoise → crop → PSNR.
 
 Every method sees the very same noisy inputs: the noise for (set, image, repeat) comes from
 `derive_seed(seed, set, image_id, repeat)` and is drawn on the CPU, whatever device denoises.
@@ -128,7 +128,7 @@ class Evaluator:
         """Deterministic noisy inputs in (image, repeat) order."""
         size = self.pad_to
         for image_id, clean in zip(self.image_ids(), self.clean_images()):
-            # noise is added after padding, as in the reference code (METHODS.md §8)
+            # noise is added after padding, as in the reference code (docs/methods.md §8)
             padded = to_float(pad_reflect(clean, size, size))[None]  # (1, C, S, S)
             for repeat in range(self.repeats):
                 rng = make_generator(self.noise_seed(image_id, repeat))

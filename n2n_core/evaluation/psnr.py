@@ -1,4 +1,4 @@
-"""PSNR conventions: `psnr_uint8` (the protocol's, METHODS.md §8) and `psnr_float` (for contrast)."""
+"""PSNR conventions: `psnr_uint8` (the protocol's, docs/methods.md §8) and `psnr_float` (for contrast)."""
 
 from __future__ import annotations
 

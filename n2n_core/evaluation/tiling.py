@@ -1,7 +1,7 @@
 """Denoise a large image in overlapping tiles, each output pixel taken from its most central tile.
 
 Blind-spot networks learn their deep levels from the training crops, so on images much larger than
-those crops they break (METHODS.md §4: 25.9 dB on 64² crops, 18.5 dB on 256² after training on
+those crops they break (docs/methods.md §4: 25.9 dB on 64² crops, 18.5 dB on 256² after training on
 64²). Scoring them in tiles of the training-crop size at stride tile/2, keeping from each tile the
 pixels closest to its centre, recovers the crop-sized quality (25.8 dB in the same measurement).
 What a method estimates per image (`NoisyBatch.estimate`) comes from the whole image and is handed

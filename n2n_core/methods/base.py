@@ -125,7 +125,7 @@ class Method:
         raise NotImplementedError
 
     def make_optimizer(self, model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
-        """Adam(β1 0.9, β2 0.99, ε 1e-8) at train.lr, as in the paper (METHODS.md §2)."""
+        """Adam(β1 0.9, β2 0.99, ε 1e-8) at train.lr, as in the paper (docs/methods.md §2)."""
         return torch.optim.Adam(model.parameters(), lr=train.lr, betas=(0.9, 0.99), eps=1e-8)
 
     def ema_decay(self, decay: float, step: int) -> float:

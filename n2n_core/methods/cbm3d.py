@@ -1,4 +1,4 @@
-"""CBM3D: the training-free colour BM3D baseline (METHODS.md §7), run from the `bm3d` package.
+"""CBM3D: the training-free colour BM3D baseline (docs/methods.md §7), run from the `bm3d` package.
 
 What is run
     `bm3d.bm3d_rgb(z, sigma, profile, colorspace)` on each evaluation image cropped back to its

@@ -1,18 +1,18 @@
-"""The 32×32 course networks (METHODS.md §10) as one method: trained as N2N or N2C, with L2 or L1.
+"""The 32×32 course networks (docs/methods.md §10) as one method: trained as N2N or N2C, with L2 or L1.
 
 `network` picks one of the four torch.nn U-Nets of networks/course.py, one of the two from-scratch
 networks of n2n_core/scratch (no autograd, no torch.nn; hand-written backward, its own SGD):
 `scratch` (nearest upsampling) or `scratch_tconv` (report E's transposed convolutions), or the
 torch.nn twin of either (`scratch_torch`, `scratch_tconv_torch`). A scratch network plugs into
-the ordinary Trainer by duck typing (ARCHITECTURE.md): its model offers parameters/state_dict/
+the ordinary Trainer by duck typing: its model offers parameters/state_dict/
 load_state_dict/train/eval/to, `make_optimizer` hands the trainer its SGD, and its loss is a
 `HandwrittenLoss`, a 0-d tensor whose `backward()` runs the network's own backward under
 `torch.no_grad()`.
 
-Training pairs follow N2N/N2C (METHODS.md §1): the input is the step's first noise draw; the target
+Training pairs follow N2N/N2C (docs/methods.md §1): the input is the step's first noise draw; the target
 is a second independent draw (n2n) or the clean crop (n2c). On `course32:DIR` the pairs are given
 (data/course32.PairStream calls `given_pair`) and only n2n can train. Under impulse noise a
-course network trained as N2N takes the same annealed loss as N2N (n2n.py, METHODS.md §5b) in place
+course network trained as N2N takes the same annealed loss as N2N (n2n.py, docs/methods.md §5b) in place
 of `loss`; as N2C it keeps `loss`. RGB only: greyscale data (data.channels=1) is refused.
 """
 
@@ -44,12 +44,12 @@ class CourseConfig(MethodConfigBase):
     name: Literal["course"] = "course"
     network: Literal["strided", "residual", "bn_dropout", "prelu", "scratch", "scratch_torch", "scratch_tconv",
                      "scratch_tconv_torch"] = "strided"
-    """Course network of METHODS.md §10; scratch, scratch_tconv: no-autograd networks; *_torch: twins."""
+    """Course network of docs/methods.md §10; scratch, scratch_tconv: no-autograd networks; *_torch: twins."""
     target: Literal["n2n", "n2c"] = "n2n"
     """n2n: a second independent noisy draw is the target; n2c: the clean crop is."""
     loss: Literal["l2", "l1"] = "l2"
     """Mean squared (l2) or mean absolute (l1) error over pixels and channels. Under impulse noise
-    with target n2n the annealed loss of losses.py replaces it, as for N2N (METHODS.md §5b)."""
+    with target n2n the annealed loss of losses.py replaces it, as for N2N (docs/methods.md §5b)."""
     channels: int | None = Field(None, gt=0)
     """Base width; None: the network's own (32 for the U-Nets, 24 for scratch as in report C)."""
     optimizer: Literal["adam", "sgd"] | None = None
@@ -129,7 +129,7 @@ class Course(Method):
         return course_unet(network, rng, channels)
 
     def make_optimizer(self, model, train_cfg):
-        """The trainer's Adam (METHODS.md §2), or SGD (the framework's own for the scratch network)."""
+        """The trainer's Adam (docs/methods.md §2), or SGD (the framework's own for the scratch network)."""
         if self.config.resolved_optimizer() == "adam":
             return super().make_optimizer(model, train_cfg)
         sgd = SGD if self.scratch else torch.optim.SGD

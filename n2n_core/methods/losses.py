@@ -1,4 +1,4 @@
-"""The annealed loss that trains on impulse-corrupted targets (METHODS.md §5b): pure functions.
+"""The annealed loss that trains on impulse-corrupted targets (docs/methods.md §5b): pure functions.
 
 Why not L2: an impulse-corrupted target y equals the clean x with probability 1 − α and a U(0, 1)
 value otherwise, so E[y] = (1 − α)·x + α/2 and an L2-trained network learns that washed-out image.

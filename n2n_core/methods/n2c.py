@@ -1,4 +1,4 @@
-"""Noise2Clean: the supervised reference, (noisy, clean) pairs and an L2 loss (METHODS.md §3)."""
+"""Noise2Clean: the supervised reference, (noisy, clean) pairs and an L2 loss (docs/methods.md §3)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""Noise2Noise (Lehtinen et al. 2018): the target is a second, independent noisy draw (METHODS.md §1).
+"""Noise2Noise (Lehtinen et al. 2018): the target is a second, independent noisy draw (docs/methods.md §1).
 
 Loss: L2, except under impulse noise, where the mean of a noisy target is (1 − α)x + α/2 and L2
 would learn that washed-out image; there every network trained on noisy targets (N2N, SSDN μ-only,
 the course networks as N2N) uses the annealed loss of losses.py, as the released SSDN code's
-`simple_pipeline` does (METHODS.md §5b). N2C keeps L2 (its target is clean).
+`simple_pipeline` does (docs/methods.md §5b). N2C keeps L2 (its target is clean).
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ class N2V(N2C):
     @classmethod
     def check(cls, config, noise, train, evaluation, data):
         # its L2 target, the noisy input itself, has mean (1 − α)x + α/2 under impulse noise
-        # (METHODS.md §5b), and the paper has no N2V impulse cell
+        # (docs/methods.md §5b), and the paper has no N2V impulse cell
         refuse_impulse("n2v", noise, "its L2 loss on noisy pixels learns the biased mean of impulse noise")
 
     def training_pair(self, clean, rngs):

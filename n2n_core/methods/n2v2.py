@@ -10,7 +10,7 @@ code the paper was run with, whose README lists the N2V2 settings `blurpool=True
   `n2v/utils/n2v_utils.py` `pm_median`. The masked positions are N2V's stratified grid, with the
   project's N2V percentage (1.5 %, the original N2V configuration; the N2V2 README does not
   change `n2v_perc_pix`).
-* Network: the U-Net of METHODS.md §3 with every 2×2 max-pool replaced by MaxBlurPool
+* Network: the U-Net of docs/methods.md §3 with every 2×2 max-pool replaced by MaxBlurPool
   (`networks.unet.max_blur_pool2x2`, `n2v/nets/blurpool.py`) and without the top-level skip
   connection. Mapping: N2V's U-Net (`n2v/nets/unet_blocks.py`, `skip_skipone`) drops the skip
   taken at full resolution, before the first pool; in §3's network the only full-resolution
@@ -23,7 +23,7 @@ Everything else is the project's N2V: target = the same noisy input, L2 on the m
 and the configuration file trains and scores it exactly like `n2v` (EMA of the weights, decay
 0.999 with the warm-up, see n2v.py), so the n2v → n2v2 difference in a table is N2V2's two changes.
 Impulse noise is refused, as for N2V's paper: an L2 target under impulse noise has mean
-(1 − α)x + α/2 (METHODS.md §5b).
+(1 − α)x + α/2 (docs/methods.md §5b).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class N2V2(N2V):
     @classmethod
     def check(cls, config, noise, train, evaluation, data):
         refuse_impulse("n2v2", noise, "its L2 target, the noisy input itself, has mean (1-α)x + α/2 under "
-                       "impulse noise (METHODS.md §5b)")
+                       "impulse noise (docs/methods.md §5b)")
 
     def build_model(self, rng):
         return UNet(n_out=self.channels, in_channels=self.channels, rng=rng, pool="blur", top_skip=False)

@@ -1,4 +1,4 @@
-"""Noise2Void blind-spot masking (METHODS.md section 6): a pure, vectorised, seeded function.
+"""Noise2Void blind-spot masking (docs/methods.md section 6): a pure, vectorised, seeded function.
 
 `n2v_mask(noisy, rng, percent, radius, allow_center)` picks the masked positions and replaces
 their values by a random neighbour (N2V); `n2v_median_mask(noisy, rng, percent, radius)` picks

@@ -22,7 +22,7 @@ Where the paper is silent, the authors' released code decides (TaoHuang2018/Neig
 * Both terms are means over the sub-image's entries (torch.mean), weights Lambda1 = Lambda2 = 1.
 * f(y) for the regulariser is the network in training mode under no_grad, as in the code.
 
-The project's choices (METHODS.md §2–§3), not the authors': the project's U-Net (the authors' has
+The project's choices (docs/methods.md §2–§3), not the authors': the project's U-Net (the authors' has
 the same five pools but LeakyReLU 0.2, transposed-convolution upsampling and init scale 0.1), the
 project's Adam (β2 = 0.99; the code: PyTorch's default 0.999) and sin²/cos⁴ schedule (the code:
 lr 3e-4 halved every 20 of its 100 epochs), fresh noise per minibatch (as the code). Sub-images
@@ -125,7 +125,7 @@ class Neighbor2Neighbor(Method):
     @classmethod
     def check(cls, config, noise, train, evaluation, data):
         refuse_impulse("ne2ne", noise, "its paper runs Gaussian and Poisson noise, and its L2 target has mean "
-                       "(1-α)x + α/2 under impulse noise (METHODS.md §5b)")
+                       "(1-α)x + α/2 under impulse noise (docs/methods.md §5b)")
         if train.patch_size % 2:
             raise ConfigError(f"ne2ne sub-samples 2×2 cells: train.patch_size must be even, got "
                               f"{train.patch_size}")

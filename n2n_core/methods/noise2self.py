@@ -24,7 +24,7 @@ Where the paper is silent, the authors' released code decides (czbiohub-sf/noise
   `simple_output`); `inference = "j_invariant"` is `Masker.infer_full_image`: w² passes, each
   pixel taken from the pass in which it was masked.
 
-The project's choices: its U-Net, Adam, schedule and fresh noise per minibatch (METHODS.md §1–§3).
+The project's choices: its U-Net, Adam, schedule and fresh noise per minibatch (docs/methods.md §1–§3).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class Noise2Self(Method):
     @classmethod
     def check(cls, config, noise, train, evaluation, data):
         refuse_impulse("n2self", noise, "its paper does not run impulse noise, and its L2 target, the noisy "
-                       "input, has mean (1-α)x + α/2 there (METHODS.md §5b)")
+                       "input, has mean (1-α)x + α/2 there (docs/methods.md §5b)")
 
     def build_model(self, rng):
         return UNet(n_out=self.channels, in_channels=self.channels, rng=rng)

@@ -1,4 +1,4 @@
-"""SSDN per-pixel algebra (METHODS.md §5, §5b): prior covariance, noise variance, NLL, posterior mean.
+"""SSDN per-pixel algebra (docs/methods.md §5, §5b): prior covariance, noise variance, NLL, posterior mean.
 
 Three families, each as the released code's `blindspot_pipeline` (NVlabs/selfsupervised-denoising,
 `selfsupervised_denoising.py`) computes it: RGB Gaussian/Poisson (`nll`, `posterior_mean`), RGB
@@ -122,7 +122,7 @@ def _check_mono(name: str, t: Tensor) -> None:
 
 
 def prior_covariance(factors: Tensor, diagonal: bool) -> Tensor:
-    """Prior covariance Σx per pixel from the network's factor outputs (METHODS.md §5).
+    """Prior covariance Σx per pixel from the network's factor outputs (docs/methods.md §5).
 
     Full: factors (N, 6, H, W) = a0..a5, U = [[a0, a1, a2], [0, a3, a4], [0, 0, a5]], Σx = U Uᵀ.
     Diagonal: factors (N, 3, H, W), Σx = diag(a0², a1², a2²).
@@ -157,7 +157,7 @@ def prior_covariance(factors: Tensor, diagonal: bool) -> Tensor:
 
 
 def softplus_level(z: Tensor | float) -> Tensor:
-    """Estimated noise level s = softplus(z − 4) + 1e-3 (METHODS.md §5); positive, ≈ 0.0191 at z = 0.
+    """Estimated noise level s = softplus(z − 4) + 1e-3 (docs/methods.md §5); positive, ≈ 0.0191 at z = 0.
 
     z is the learned scalar ("constant") or the per-image spatial mean of the noise-level network
     ("per-image"); the result has z's shape, float64.
@@ -181,7 +181,7 @@ def _per_image(level: Tensor | float, mu: Tensor) -> Tensor:
 
 
 def gaussian_noise_variance(mu: Tensor, level: Tensor | float, estimated: bool = False) -> Tensor:
-    """Gaussian σn² per pixel and channel (METHODS.md §5).
+    """Gaussian σn² per pixel and channel (docs/methods.md §5).
 
     Known (level = true std s per image): σn² = max(s, 1e-3)².
     Estimated (level = softplus_level output s): σn² = s².
@@ -195,7 +195,7 @@ def gaussian_noise_variance(mu: Tensor, level: Tensor | float, estimated: bool =
 
 
 def poisson_noise_variance(mu: Tensor, level: Tensor | float, estimated: bool = False) -> Tensor:
-    """Poisson-as-Gaussian σn² per pixel and channel from the prior mean μ (METHODS.md §5).
+    """Poisson-as-Gaussian σn² per pixel and channel from the prior mean μ (docs/methods.md §5).
 
     Known (level = λ per image): σn² = max(μ, 1e-3) / λ.
     Estimated (level = softplus_level output s, an estimate of 1/λ): σn² = max(μ, 1e-3) · s.
@@ -225,7 +225,7 @@ def noise_variance(kind: str, mu: Tensor, level: Tensor | float, estimated: bool
 
 
 def nll(y: Tensor, mu: Tensor, sigma_x: Tensor, noise_var: Tensor) -> Tensor:
-    """Per-pixel SSDN loss ½ log det Σy + ½ (y − μ)ᵀ Σy⁻¹ (y − μ), Σy = Σx + diag(σn²) (METHODS.md §5).
+    """Per-pixel SSDN loss ½ log det Σy + ½ (y − μ)ᵀ Σy⁻¹ (y − μ), Σy = Σx + diag(σn²) (docs/methods.md §5).
 
     This is −log N(y; μ, Σy) *without* the constant 1.5·log 2π. Computed by a closed-form Cholesky
     of Σy (SPD since σn² > 0), which is differentiable and avoids the reference's det/inverse pair.
@@ -248,7 +248,7 @@ def nll(y: Tensor, mu: Tensor, sigma_x: Tensor, noise_var: Tensor) -> Tensor:
 
 
 def posterior_mean(y: Tensor, mu: Tensor, sigma_x: Tensor, noise_var: Tensor, eps: float = 1e-6) -> Tensor:
-    """Denoised output x̂ = (Σx⁻¹ + Σn⁻¹)⁻¹ (Σx⁻¹ μ + Σn⁻¹ y), Σn = diag(σn²) (METHODS.md §5).
+    """Denoised output x̂ = (Σx⁻¹ + Σn⁻¹)⁻¹ (Σx⁻¹ μ + Σn⁻¹ y), Σn = diag(σn²) (docs/methods.md §5).
 
     As in the reference, eps is added to the diagonal before each of the three inversions:
     A = (Σx + εI)⁻¹, B = (Σn + εI)⁻¹, x̂ = (A + B + εI)⁻¹ (A μ + B y). B is diagonal, so it is
@@ -272,7 +272,7 @@ def posterior_mean(y: Tensor, mu: Tensor, sigma_x: Tensor, noise_var: Tensor, ep
 
 
 def level_regulariser(noise_std: Tensor) -> Tensor:
-    """0.1 · mean over channels of σn: subtracted from `nll` when the level is estimated (METHODS.md §5).
+    """0.1 · mean over channels of σn: subtracted from `nll` when the level is estimated (docs/methods.md §5).
 
     Keeps the estimated level from collapsing. Pass σn = noise_variance(...).sqrt(), (N, C, H, W);
     returns float64 per pixel (N, H, W), to be subtracted from `nll` (or `mono_nll`) before
@@ -292,7 +292,7 @@ def _impulse_alpha(alpha: Tensor | float, mu: Tensor) -> Tensor:
 def impulse_prior_density(y: Tensor, mu: Tensor, sigma_x: Tensor, eps: float = _PRIOR_EPS) -> Tensor:
     """g = N(y; μ, Σx + εI): the prior density at the noisy value, its determinant floored at 1e-9.
 
-    g = exp(−½ (y − μ)ᵀ Σ⁻¹ (y − μ)) / sqrt((2π)³ · max(det Σ, 1e-9)), Σ = Σx + εI (METHODS.md §5b).
+    g = exp(−½ (y − μ)ᵀ Σ⁻¹ (y − μ)) / sqrt((2π)³ · max(det Σ, 1e-9)), Σ = Σx + εI (docs/methods.md §5b).
     Released code: `blindspot_pipeline`, `noise_style == 'impulse'` branch (the inverse is of the
     unfloored Σ; only the normaliser's determinant is floored).
 
@@ -333,7 +333,7 @@ def impulse_posterior_mean(y: Tensor, mu: Tensor, sigma_x: Tensor, alpha: Tensor
 
 def impulse_nll(y: Tensor, mu: Tensor, sigma_x: Tensor, alpha: Tensor | float,
                 eps: float = _PRIOR_EPS) -> Tensor:
-    """Per-pixel impulse loss (y − μy)ᵀ Σy⁻¹ (y − μy) + log max(det Σy, 1e-9) (METHODS.md §5b).
+    """Per-pixel impulse loss (y − μy)ᵀ Σy⁻¹ (y − μy) + log max(det Σy, 1e-9) (docs/methods.md §5b).
 
     The noisy pixel's mean and covariance under the model, Σ = Σx + εI, J the 3×3 matrix of ones
     (a uniform replacement u has E[u uᵀ] = ¼J + I/12):

@@ -28,9 +28,9 @@ read from public copies of it, which agree on everything below except the iterat
 Choices of ours (the notebook is silent or differs):
 
 * The image is fitted as it is: `denoise_many` crops each evaluation input back to its original
-  height × width first, so the network never sees the evaluator's reflect padding (METHODS.md
+  height × width first, so the network never sees the evaluator's reflect padding (docs/methods.md
   §8); `denoise` on a batch fits every image of the batch separately, whole.
-* The harness's noise is never clipped (METHODS.md §1). The notebook's Gaussian demo clips the
+* The harness's noise is never clipped (docs/methods.md §1). The notebook's Gaussian demo clips the
   noisy image to [0, 1] before denoising; its published numbers are for that clipped noise.
 * Determinism: each fit starts from the same weights, drawn on the CPU from
   derive_seed(method.seed, "zs-n2n-init") and moved to the device; the fit itself is

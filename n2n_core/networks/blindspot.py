@@ -1,4 +1,4 @@
-"""The blind-spot U-Net of METHODS.md §4 (SSDN, SSDN μ-only): four rotated, upward-looking views.
+"""The blind-spot U-Net of docs/methods.md §4 (SSDN, SSDN μ-only): four rotated, upward-looking views.
 
 Each view runs the §3 body with every 3×3 conv and every pool looking only at its own row and the
 rows above; a final one-row shift makes each pixel see strictly the rows above it. Undoing the
@@ -32,7 +32,7 @@ N_VIEWS = 4  # rotations by 0°, 90°, 180°, 270°
 
 
 class UpwardConv2d(nn.Conv2d):
-    """3×3 conv whose output row i sees input rows i-2, i-1, i only (METHODS.md §4 step 2)."""
+    """3×3 conv whose output row i sees input rows i-2, i-1, i only (docs/methods.md §4 step 2)."""
 
     def __init__(self, in_ch: int, out_ch: int, device=None, dtype=None):
         super().__init__(in_ch, out_ch, 3, padding=(0, 1), device=device, dtype=dtype)
@@ -131,7 +131,7 @@ def unstack_rotations(h: Tensor) -> Tensor:
 
 
 class BlindSpotUNet(nn.Module):
-    """The blind-spot net of METHODS.md §4: (N, in_channels, S, S) → (N, n_out, S, S), 32 | S.
+    """The blind-spot net of docs/methods.md §4: (N, in_channels, S, S) → (N, n_out, S, S), 32 | S.
 
     Args:
         n_out: output channels (C for μ-only, 9 for SSDN full covariance, 2 for greyscale SSDN).

@@ -1,4 +1,4 @@
-"""The four torch.nn course U-Nets of METHODS.md §10, sized for 32×32 crops.
+"""The four torch.nn course U-Nets of docs/methods.md §10, sized for 32×32 crops.
 
 Widths are modest (base C = 32) so a CPU trains them in minutes; the reports' exact widths and
 depths are not all stated, so shapes follow §10's description and the choices are named here:

@@ -1,4 +1,4 @@
-"""The 5-pool U-Net of METHODS.md §3 (N2C, N2N, N2V, noise-level net) and its He init.
+"""The 5-pool U-Net of docs/methods.md §3 (N2C, N2N, N2V, noise-level net) and its He init.
 
 `UNetBody` (encoder and decoder up to conv1b) takes its 3×3 convolution and its pooling as
 arguments, so the blind-spot network of §4 (blindspot.py) reuses it with upward-looking versions of
@@ -10,7 +10,7 @@ network, weights and outputs are unchanged: `pool="blur"` replaces every 2×2 ma
 the decoder's full-resolution skip, which in this network is the concatenation of the input image
 before conv1a (juglab/n2v `unet_blocks.py`, `skip_skipone`: the skip taken before the first pool;
 CAREamics `models/unet/unet.py`, "top level skip connection not added for n2v2"). Channel widths
-stay those of METHODS.md §3 (conv1a then reads 96 channels instead of 99).
+stay those of docs/methods.md §3 (conv1a then reads 96 channels instead of 99).
 
 Layout: both networks run in channels_last (NHWC) whatever layout the caller passes, and hand the
 output back in the caller's layout. On CPU, oneDNN convolutions on NCHW tensors reorder every input,
@@ -144,7 +144,7 @@ def lrelu(x: Tensor) -> Tensor:
 
 
 def he_init_(conv: nn.Conv2d, gain: float, rng: torch.Generator | None) -> None:
-    """Weights ~ N(0, (gain / √fan_in)²), bias 0 (METHODS.md §3); rng None: torch's default."""
+    """Weights ~ N(0, (gain / √fan_in)²), bias 0 (docs/methods.md §3); rng None: torch's default."""
     fan_in = conv.weight[0].numel()  # in_channels · kh · kw
     with torch.no_grad():
         conv.weight.normal_(0.0, gain / math.sqrt(fan_in), generator=rng)
@@ -194,7 +194,7 @@ def check_image_batch(x: Tensor, net: str, channels: int | None = None) -> None:
 
 
 class UNetBody(nn.Module):
-    """Encoder and decoder of METHODS.md §3 up to conv1b: (N, C, H, W) → (N, 96, H, W).
+    """Encoder and decoder of docs/methods.md §3 up to conv1b: (N, C, H, W) → (N, 96, H, W).
 
     `top_skip=False` (N2V2): the last decoder level reads the upsampled features alone, without
     the input image concatenated to them.
@@ -227,7 +227,7 @@ class UNetBody(nn.Module):
 
 
 class UNet(nn.Module):
-    """The U-Net of METHODS.md §3: (N, in_channels, H, W) → (N, n_out, H, W), 32 divides H and W.
+    """The U-Net of docs/methods.md §3: (N, in_channels, H, W) → (N, n_out, H, W), 32 divides H and W.
 
     Args:
         n_out: output channels (C for N2C/N2N/N2V, 9 for SSDN full covariance, 1 for noise level).
@@ -235,7 +235,7 @@ class UNet(nn.Module):
         in_channels: image channels C (3 RGB, 1 greyscale); the last decoder stage concatenates the
             input image, so it reads 96 + C channels (96 with top_skip=False).
         rng: generator for the He-normal init; None uses torch's default generator.
-        pool: "max" (METHODS.md §3) or "blur" (N2V2's MaxBlurPool, `max_blur_pool2x2`).
+        pool: "max" (docs/methods.md §3) or "blur" (N2V2's MaxBlurPool, `max_blur_pool2x2`).
         top_skip: concatenate the input image before conv1a (§3); False for N2V2.
     """
 

@@ -1,4 +1,4 @@
-"""From-scratch CNN framework (METHODS.md section 10): hand-written forward and backward passes.
+"""From-scratch CNN framework (docs/methods.md section 10): hand-written forward and backward passes.
 
 Built from tensor operations only: no autograd and no ``torch.nn`` modules. See
 :mod:`.functional` (pure functions), :mod:`.layers` (modules with forward/backward/param),

@@ -1,4 +1,4 @@
-"""Pure forward and backward functions of the from-scratch framework (METHODS.md section 10).
+"""Pure forward and backward functions of the from-scratch framework (docs/methods.md section 10).
 
 No autograd and no ``torch.nn``: every function here is built from tensor operations only. Each
 ``*_forward`` returns ``(output, cache)``; the matching ``*_backward`` takes the cache and the

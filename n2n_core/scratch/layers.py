@@ -336,7 +336,7 @@ class ConvTranspose2d(Module):
 
 
 class Upsampling(Module):
-    """Nearest upsampling by ``scale`` then a stride-1 "same" convolution (METHODS.md section 10).
+    """Nearest upsampling by ``scale`` then a stride-1 "same" convolution (docs/methods.md section 10).
 
     The convolution is the child named "1", as in ``torch.nn.Sequential(nn.Upsample(...),
     nn.Conv2d(...))`` (whose "0" has no parameters), so state dicts match that twin. The

@@ -1,4 +1,4 @@
-"""The course's from-scratch networks (METHODS.md section 10) and their torch.nn twins.
+"""The course's from-scratch networks (docs/methods.md section 10) and their torch.nn twins.
 
 ``course_network`` (reports A, C, E)::
 

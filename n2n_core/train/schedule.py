@@ -1,4 +1,4 @@
-"""Learning-rate schedule of METHODS.md §2: sin² ramp-up, flat, cos⁴ ramp-down; in images seen."""
+"""Learning-rate schedule of docs/methods.md §2: sin² ramp-up, flat, cos⁴ ramp-down; in images seen."""
 
 from __future__ import annotations
 

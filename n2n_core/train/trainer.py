@@ -1,4 +1,4 @@
-"""The iteration loop for any Method; budgets are counted in images (METHODS.md §2).
+"""The iteration loop for any Method; budgets are counted in images (docs/methods.md §2).
 
 The trainer never asks which method it runs: it gets clean crops from the stream, asks the method
 for a training pair and a loss, and steps Adam under the sin²/cos⁴ schedule. Every random draw of
