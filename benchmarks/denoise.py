@@ -6,8 +6,9 @@ per image (SSDN's noise level) comes from the whole padded image. The image is r
 bottom/right to a square whose side is the next multiple of 32 of its longer side (what the
 evaluation protocol does for a set of one image, docs/methods.md §8) and cropped back.
 
-Files are read at their real bit depth: 8-bit PNG/JPEG/BMP/WebP with Pillow, 16-bit PNG with pypng
-(Pillow reads 16-bit colour PNGs as 8-bit), TIFF with tifffile. Pixels are scaled to [0, 1] by
+Files are read at their real bit depth by n2n_core/data/images.read_image_any_depth: 8-bit
+PNG/JPEG/BMP/WebP with Pillow, 16-bit PNG with pypng (Pillow reads 16-bit colour PNGs as 8-bit),
+TIFF with tifffile. Pixels are scaled to [0, 1] by
 the depth's maximum (255 or 65535) and the output is quantised back to the same depth as
 clip(floor(max·v + 0.5), 0, max). Output formats: a PNG or TIFF keeps its format; anything else
 (JPEG included, whose re-compression would add artefacts back) is written as a lossless PNG of
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 from n2n_core.config import ExperimentConfig
-from n2n_core.data.images import IMAGE_SUFFIXES, set_channels
+from n2n_core.data.images import IMAGE_SUFFIXES, read_image_any_depth, set_channels
 from n2n_core.data.train_stream import pad_reflect
 from n2n_core.device import resolve_device
 from n2n_core.errors import CheckpointError, ConfigError, DataError, first_line
@@ -64,63 +65,9 @@ class Picture:
         return 8 * self.pixels.dtype.itemsize
 
 
-def _refuse_alpha(path: Path, channels: int) -> None:
-    if channels in (2, 4):
-        raise DataError(f"image {path} has an alpha channel; flatten it first (e.g. PIL: "
-                        "Image.open(p).convert('RGB')) or leave it out")
-
-
-def read_image_any_depth(path: Path) -> Picture:
-    """Decode `path` at its real depth (8 or 16 bits) into (H, W, 1 or 3) pixels.
-
-    Kept here until n2n_core/data/images.py has a depth-preserving reader of its own.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image {path} does not exist; check the path")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            array = np.asarray(tifffile.imread(path))
-        elif suffix == ".png" and _png_bit_depth(path) == 16:
-            import png
-
-            width, height, rows, info = png.Reader(filename=str(path)).asDirect()
-            planes = info["planes"]
-            array = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, planes)
-        else:
-            from PIL import Image
-
-            with Image.open(path) as img:
-                img.load()
-                if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                    _refuse_alpha(path, 4)
-                if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-                    array = np.asarray(img, dtype=np.uint16)
-                else:
-                    array = np.asarray(img.convert("L" if img.mode in ("1", "L") else "RGB"), dtype=np.uint8)
-    except DataError:
-        raise
-    except Exception as err:  # PIL, pypng and tifffile each have their own error types
-        raise DataError(f"image {path} is unreadable ({first_line(err)}); pass a PNG, JPEG or TIFF file") from None
-    array = array[..., None] if array.ndim == 2 else array
-    if array.ndim != 3:
-        raise DataError(f"image {path} has shape {array.shape}; expected one 2-D image (a multi-page TIFF "
-                        "is not supported: save one page per file)")
-    _refuse_alpha(path, array.shape[-1])
-    if array.shape[-1] not in (1, 3) or array.dtype not in (np.uint8, np.uint16):
-        raise DataError(f"image {path} holds {array.shape[-1]} channels of {array.dtype}; expected 1 or 3 "
-                        "channels of 8- or 16-bit integers")
-    return Picture(np.ascontiguousarray(array))
-
-
-def _png_bit_depth(path: Path) -> int:
-    """The PNG header's bit depth (byte 24: 8 signature + 8 chunk head + 8 width/height)."""
-    with open(path, "rb") as handle:
-        head = handle.read(25)
-    return head[24] if len(head) == 25 and head[:8] == b"\x89PNG\r\n\x1a\n" else 8
+def read_picture(path: Path) -> Picture:
+    """The image at its real depth (n2n_core/data/images.read_image_any_depth)."""
+    return Picture(read_image_any_depth(path))
 
 
 def write_image_any_depth(path: Path, pixels: np.ndarray) -> None:
@@ -315,7 +262,7 @@ def denoise_files(loaded: Loaded, inputs: Iterable[Path], out_dir: Path, level: 
     targets = plan_outputs(files, Path(out_dir))
     style = parse_style(loaded.cfg.noise)
     for source, target in zip(files, targets):
-        picture = read_image_any_depth(source)
+        picture = read_picture(source)
         pixels, used, how = denoise_picture(loaded, picture, level, device, source.stem)
         write_image_any_depth(target, pixels)
         say(f"{source} -> {target} ({picture.bit_depth}-bit, {pixels.shape[1]}x{pixels.shape[0]}; "
@@ -333,5 +280,5 @@ def denoise_command(*, inputs: list[Path], out: Path, checkpoint: Path | None, r
         return denoise_files(loaded, inputs, out, level, torch_device, say)
 
 
-__all__ = ["Picture", "read_image_any_depth", "write_image_any_depth", "denoise_command", "denoise_files",
+__all__ = ["Picture", "read_picture", "write_image_any_depth", "denoise_command", "denoise_files",
            "load_denoiser", "padded_input", "quantize", "to_unit"]

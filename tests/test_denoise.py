@@ -146,3 +146,13 @@ def test_two_inputs_with_one_output_name_or_overwriting_the_input_are_refused(tm
         result = runner.invoke(app, ["denoise", "--method", "noisy", "--noise", "gaussian25",
                                      *map(str, inputs), "--out", str(out)])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_images_that_cannot_keep_their_depth_or_have_alpha_are_refused_in_one_line(tmp_path):
+    tifffile.imwrite(tmp_path / "float.tif", np.zeros((8, 8, 3), np.float32), photometric="rgb")
+    Image.fromarray(np.zeros((8, 8, 4), np.uint8)).save(tmp_path / "alpha.png")
+    for name, message in (("float.tif", "8- or 16-bit integers"), ("alpha.png", "alpha channel")):
+        result = runner.invoke(app, ["denoise", "--method", "noisy", "--noise", "gaussian25",
+                                     str(tmp_path / name), "--out", str(tmp_path / "o")])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

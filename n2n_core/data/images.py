@@ -1,10 +1,11 @@
 """Read an image file into a uint8 (3, H, W) tensor, with errors that name the file and the fix;
 convert it to the run's channel count (`set_channels`).
 
-Only 8-bit images are read: the evaluation protocol scores uint8-quantised images (METHODS.md §8),
-so a 16-bit PNG or a float TIFF squeezed into 8 bits would be scored as something it is not
-(Pillow clips 16-bit greyscale to white and float images to black). They are refused with one
-line; `bit_depth` tells the depth for any reader that can keep it.
+Only 8-bit images are read for training and scoring: the evaluation protocol scores
+uint8-quantised images (docs/methods.md §8), so a 16-bit PNG or a float TIFF squeezed into 8 bits
+would be scored as something it is not (Pillow clips 16-bit greyscale to white and float images to
+black). They are refused with one line; `bit_depth` tells the depth, and `read_image_any_depth`
+keeps it (8 or 16 bits) for `n2n-bench denoise`, which writes outputs at the input's depth.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import platformdirs
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DataError
+from ..errors import DataError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
 
@@ -67,7 +68,7 @@ def read_image(path: Path) -> torch.Tensor:
             if depth > 8:
                 raise DataError(
                     f"image {path} has {depth} bits per channel ({img.mode}); the benchmark scores 8-bit "
-                    "images (PSNR on uint8, METHODS.md §8): convert it to 8 bits first or remove it "
+                    "images (PSNR on uint8, docs/methods.md §8): convert it to 8 bits first or remove it "
                     "from the folder"
                 )
             img.load()
@@ -93,6 +94,67 @@ def read_image(path: Path) -> torch.Tensor:
             "'n2n-bench download <set>' again, or replace the file"
         ) from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def _refuse_alpha(path: Path, channels: int) -> None:
+    if channels in (2, 4):
+        raise DataError(f"image {path} has an alpha channel; flatten it first (e.g. PIL: "
+                        "Image.open(p).convert('RGB')) or leave it out")
+
+
+def _png_bit_depth(path: Path) -> int:
+    """The PNG header's bit depth (byte 24: 8 signature + 8 chunk head + 8 width/height)."""
+    with open(path, "rb") as handle:
+        head = handle.read(25)
+    return head[24] if len(head) == 25 and head[:8] == b"\x89PNG\r\n\x1a\n" else 8
+
+
+def read_image_any_depth(path: Path) -> np.ndarray:
+    """Decode `path` at its real depth into (H, W, 1 or 3) uint8 or uint16 pixels.
+
+    16-bit PNGs are read with pypng and TIFFs with tifffile (Pillow cuts 16-bit colour to 8 bits,
+    see bit_depth); everything else with Pillow, refusing what it would cut. Alpha is refused.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image {path} does not exist; check the path")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            array = np.asarray(tifffile.imread(path))
+        elif suffix == ".png" and _png_bit_depth(path) == 16:
+            import png
+
+            width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+            array = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, info["planes"])
+        else:
+            with Image.open(path) as img:
+                depth = bit_depth(img)
+                if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                    _refuse_alpha(path, 4)
+                if depth > 8 and not img.mode.startswith("I;16"):
+                    raise DataError(f"image {path} has {depth} bits per channel ({img.mode}), which this "
+                                    "format cannot be read at in full; save it as a 16-bit PNG or TIFF")
+                img.load()
+                if img.mode.startswith("I;16"):
+                    array = np.asarray(img, dtype=np.uint16)
+                else:
+                    array = np.asarray(img.convert("L" if img.mode in ("1", "L") else "RGB"), dtype=np.uint8)
+    except DataError:
+        raise
+    except Exception as err:  # Pillow, pypng and tifffile each have their own error types
+        raise DataError(f"image {path} is unreadable ({first_line(err)}); pass a PNG, JPEG or TIFF file") from None
+    array = array[..., None] if array.ndim == 2 else array
+    if array.ndim != 3:
+        raise DataError(f"image {path} has shape {array.shape}; expected one 2-D image (a multi-page TIFF "
+                        "is not supported: save one page per file)")
+    _refuse_alpha(path, array.shape[-1])
+    if array.shape[-1] not in (1, 3) or array.dtype not in (np.uint8, np.uint16):
+        raise DataError(f"image {path} holds {array.shape[-1]} channels of {array.dtype}; expected 1 or 3 "
+                        "channels of 8- or 16-bit integers")
+    return np.ascontiguousarray(array)
 
 
 @lru_cache(maxsize=4096)
