@@ -103,9 +103,13 @@ def tensors_are_finite(tensors: list[torch.Tensor]) -> bool:
 
 
 def weights_are_finite(*models: nn.Module | None) -> bool:
-    """True when every floating-point parameter and buffer of every model given is finite."""
+    """True when every floating-point parameter and buffer of every model given is finite (the
+    scratch network, not a torch.nn module, has parameters and no buffers)."""
+    def tensors(m):
+        return (*m.parameters(), *(m.buffers() if hasattr(m, "buffers") else ()))
+
     return tensors_are_finite([t.detach() for m in models if m is not None
-                               for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()])
+                               for t in tensors(m) if t.is_floating_point()])
 
 
 class Trainer:
