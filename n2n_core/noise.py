@@ -161,10 +161,6 @@ def parse_style(name: str) -> _RangeNoise:
     hi = float(b) if b is not None else a
     if b is not None and not a < hi:
         raise ConfigError(f"noise style {name!r}: the range {match.group(2)}_{b} must have A < B")
-    if b is None and a == 0 and family != "poisson":
-        # no noise at all: every method scores an infinite PSNR on its own input
-        raise ConfigError(f"noise style {name!r} has a level of zero (no noise); use a level > 0, "
-                          f"e.g. {FAMILIES[family].prefix}25, or a range from 0 such as {FAMILIES[family].prefix}0_50")
     if family == "poisson" and a <= 0:
         raise ConfigError(f"noise style {name!r}: Poisson λ must be > 0, e.g. poisson30")
     if family == "impulse" and hi > 100:
@@ -174,5 +170,12 @@ def parse_style(name: str) -> _RangeNoise:
 
 
 def canonical_style(name: str) -> str:
-    """'gauss25' → 'gaussian25'; raises ConfigError for unknown styles."""
-    return parse_style(name).style
+    """'gauss25' → 'gaussian25' for a run's configuration; raises ConfigError for unknown styles and
+    for a level of zero (no noise: every method would score an infinite PSNR on its own input).
+    The noise models themselves accept a zero level (parse_style), which tests use for clean inputs."""
+    model = parse_style(name)
+    if not model.variable and model.low == 0 and model.kind != "poisson":
+        prefix = FAMILIES[model.kind].prefix
+        raise ConfigError(f"noise style {name!r} has a level of zero (no noise); use a level > 0, "
+                          f"e.g. {prefix}25, or a range from 0 such as {prefix}0_50")
+    return model.style
