@@ -282,8 +282,8 @@ def run_job(client, experiment_id: str, parent_id: str | None, job: Job, runs_ro
                              "images_seen": result.images_seen,
                              "skipped_steps_total": result.skipped_steps}, step=result.images_seen)
         tracker.flush()
-        for path in sorted(out_dir.glob("*")):  # glob("*") leaves out dot files (the folder's .lock)
-            if path.is_file() and not path.name.endswith((".tmp", ".prev")):
+        for path in sorted(out_dir.iterdir()):  # not the folder's .lock, temporary or previous files
+            if path.is_file() and not path.name.startswith(".") and not path.name.endswith((".tmp", ".prev")):
                 tracker.log_artifact(path)
         if cfg.method_source is not None:  # the external method's code, beside its results
             tracker.log_artifact(external.source_file(cfg.method_source.spec), "method")

@@ -33,6 +33,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from n2n_core.train.checkpoint import atomic_write
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 WINDOW = (1800, 1100)
@@ -116,8 +118,8 @@ class Page:
 
     async def screenshot(self, path: Path) -> None:
         shot = await self.call("Page.captureScreenshot", format="png")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(shot["data"]))
+        png = base64.b64decode(shot["data"])
+        atomic_write(path, lambda tmp: tmp.write_bytes(png))
         print(f"wrote {path}")
 
 

@@ -135,7 +135,9 @@ def test_train_logs_a_run_like_a_grid_job_and_reruns_do_not_log_twice(tracked, d
     assert len(client.get_metric_history(run.info.run_id, "psnr_kodak24")) == 1  # logged once
     assert client.get_metric_history(run.info.run_id, "val_psnr")
     assert any(k.startswith("system/") for k in run.data.metrics)  # system metrics while training
-    assert {"checkpoint.pt", "config.json", "psnr-kodak24.csv"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    logged = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"checkpoint.pt", "config.json", "psnr-kodak24.csv"} <= logged
+    assert not any(name.startswith(".") for name in logged)  # not the run folder's .lock
     assert tracked["again"]["mlflow_run_id"] == run.info.run_id
     children = [r for r in client.search_runs([experiment_id]) if r.data.tags.get("config_hash") == cfg.config_hash()]
     assert len(children) == 1  # the rerun logged nothing new
