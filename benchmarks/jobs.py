@@ -278,6 +278,10 @@ def run_job(client, experiment_id: str, parent_id: str | None, job: Job, runs_ro
         tracker.log_metrics({f"psnr_{name}": evaluation.psnr_mean for name, evaluation in scores.items()},
                             step=result.images_seen)
         tracker.set_tags({f"n_evaluations_{name}": evaluation.n_evaluations for name, evaluation in scores.items()})
+        # what scoring costs per evaluation: the whole cost of a method that fits every image (zs-n2n)
+        tracker.log_metrics({f"scoring_seconds_per_evaluation_{name}": evaluation.seconds / evaluation.n_evaluations
+                             for name, evaluation in scores.items() if evaluation.seconds is not None},
+                            step=result.images_seen)
         tracker.log_metrics({"train_seconds": result.seconds, "job_seconds": time.time() - started,
                              "images_seen": result.images_seen,
                              "skipped_steps_total": result.skipped_steps}, step=result.images_seen)

@@ -152,6 +152,37 @@ def crop_sizes(runs: list[JobRun]) -> str:
     return f"{main}²" + (f" ({others})" if others else "")
 
 
+def scoring_cost(runs: list[JobRun], sets: list[str]) -> str:
+    """'; scoring seconds per evaluation (kodak24) of the methods that train nothing: cbm3d 3.1, zs-n2n 312'.
+
+    For a training-free method scoring is its whole cost (Zero-Shot Noise2Noise fits a network to
+    every image); '' when no such run logged the time."""
+    for name in sets:
+        key = f"scoring_seconds_per_evaluation_{name}"
+        costs = [f"{run.variant} {run.metrics[key]:.3g}" for run in in_grid_order(runs)
+                 if run.metrics.get("images_seen", 1) == 0 and key in run.metrics]
+        if costs:
+            return f"; scoring seconds per evaluation ({name}) of the methods that train nothing: {', '.join(costs)}"
+    return ""
+
+
+EVAL_KEYS = {"eval.max_images": "first images", "eval.center_crop": "central crop"}
+
+
+def scored_differently(runs: list[JobRun], params: dict) -> str:
+    """'; scored otherwise: zs-n2n (first images 2)' for rows whose evaluation settings differ from
+    the caption's (e.g. a method too slow on a CPU for every image); '' when none does."""
+    notes = []
+    for run in in_grid_order(runs):
+        if run.params.get("eval.sets") != params.get("eval.sets"):
+            continue  # another column (the course networks' small32), described by its own crops note
+        changed = [f"{what} {run.params.get(key)}" for key, what in EVAL_KEYS.items()
+                   if run.params.get(key) != params.get(key)]
+        if changed:
+            notes.append(f"{run.variant} ({', '.join(changed)})")
+    return f"; scored otherwise: {'; '.join(notes)}" if notes else ""
+
+
 def caption(runs: list[JobRun], noise: str, profile: str, sets: list[str]) -> str:
     params = next((r.params for r in runs if r.params.get("train.budget_images")), runs[0].params)
     repeats = ", ".join(f"{s} ×{params.get(f'eval.repeats.{s}', 1)}" for s in sets)
@@ -159,6 +190,7 @@ def caption(runs: list[JobRun], noise: str, profile: str, sets: list[str]) -> st
     first = params.get("eval.max_images")
     which = f"the first {first}" if first not in (None, "None") else "all"
     crop_note = f"; central {crop}² crops of {which} images" if crop not in (None, "None") else ""
+    crop_note += scored_differently(runs, params)
     devices = sorted({r.tags.get("device", "?") for r in runs})
     wall = sum(r.metrics.get("job_seconds", 0.0) for r in runs)
     return (
@@ -166,7 +198,7 @@ def caption(runs: list[JobRun], noise: str, profile: str, sets: list[str]) -> st
         f"of {crop_sizes(runs)} crops from {params.get('train.train_set')} (batch "
         f"{params.get('train.batch_size')}); evaluations per image: {repeats}{crop_note}; PSNR on "
         f"uint8-quantised images (docs/methods.md §8); {scoring_note(runs)}; device {', '.join(devices)}; total job wall time "
-        f"{wall / 60:.1f} min. Published numbers from baselines/published.csv (first source per cell); "
+        f"{wall / 60:.1f} min{scoring_cost(runs, sets)}. Published numbers from baselines/published.csv (first source per cell); "
         f"a number marked (float) was measured on unquantised floats and is not directly comparable."
     )
 

@@ -69,7 +69,7 @@ def test_course_network_trains_on_small32_and_its_checkpoint_scores_there(tmp_pa
     assert config["method"]["network"] == network.replace("-", "_")
     assert summary["images_seen"] == 8 and summary["skipped_steps"] == 0
     result = invoke(["evaluate", "--checkpoint", summary["checkpoint"], "--dataset", "small32",
-                     "--max-images", "50", "--data-dir", str(data_dir), "--max-images", "0", "--json"])
+                     "--max-images", "50", "--data-dir", str(data_dir), "--json"])
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     scored = last_json(result.stdout)
     assert scored["dataset"] == "small32" and scored["n_evaluations"] == 50 and scored["pad_to"] == 32

@@ -63,6 +63,10 @@ def test_sqlite_grid_logs_runs_skips_finished_and_report_is_reproducible(tmp_pat
     table = (tmp_path / "results" / "psnr-gaussian25-smoke.md").read_text()
     assert "| n2c |" in table and "| noisy |" in table and "profile 'smoke'" in table
     assert f"{n2c.data.metrics['psnr_kodak24']:.2f}" in table
+    # a training-free method's whole cost is its scoring: the caption gives it per evaluation
+    cost = runs["noisy"].data.metrics["scoring_seconds_per_evaluation_kodak24"]
+    assert 0 < cost <= runs["noisy"].data.metrics["job_seconds"]
+    assert f"scoring seconds per evaluation (kodak24) of the methods that train nothing: noisy {cost:.3g}" in table
     snapshot = _digest(tmp_path / "results")
     build_report(uri, tmp_path / "results", readme=None)
     assert _digest(tmp_path / "results") == snapshot and len(first) >= 4
@@ -165,3 +169,22 @@ def test_report_shows_the_newest_finished_run_of_each_variant(tmp_path):
     assert set(rows) == {"n2v", "n2c"}
     assert rows["n2v"].run_id == newest and rows["n2v"].metrics["psnr_kodak24"] == 26.0
     assert rows["n2c"].run_id == only_n2c
+
+
+def test_caption_names_rows_scored_otherwise_and_the_cost_of_training_free_methods():
+    from benchmarks.report import JobRun, caption
+
+    def run(variant, params, metrics):
+        base = {"train.budget_images": "2000", "train.patch_size": "64", "eval.sets": "['kodak24']",
+                "eval.center_crop": "256", "eval.max_images": "None"}
+        return JobRun(variant, variant, "gaussian25", "quick", {**base, **params}, metrics, {}, 0)
+
+    runs = [run("n2c", {}, {"psnr_kodak24": 30.0}),
+            run("zs-n2n", {"eval.max_images": "2"}, {"images_seen": 0, "scoring_seconds_per_evaluation_kodak24": 312.4}),
+            run("cbm3d", {}, {"images_seen": 0, "scoring_seconds_per_evaluation_kodak24": 3.14159}),
+            run("course-strided", {"eval.sets": "['small32']", "eval.max_images": "7"}, {"psnr_small32": 25.0})]
+    text = caption(runs, "gaussian25", "quick", ["kodak24", "small32"])
+    assert "central 256² crops of all images; scored otherwise: zs-n2n (first images 2);" in text
+    assert "course-strided (" not in text  # its own column
+    assert "of the methods that train nothing: zs-n2n 312, cbm3d 3.14." in text
+    assert "train nothing" not in caption(runs[:1], "gaussian25", "quick", ["kodak24"])

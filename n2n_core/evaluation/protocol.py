@@ -50,6 +50,7 @@ class EvalResult:
     records: tuple[EvalRecord, ...]
     center_crop: int | None = None
     convention: str = CONVENTION_UINT8
+    seconds: float | None = None  # wall time of the whole scoring, when the caller measured it
 
     @property
     def n_evaluations(self) -> int:
