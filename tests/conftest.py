@@ -16,6 +16,12 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # the suite runs in two worker processes (pyproject addopts -n 2): one thread each, set before
+    # torch starts its pool, so two workers do not oversubscribe two cores; the CLI subprocesses a
+    # test starts inherit it, so a test's in-process and subprocess runs reduce in the same order
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import numpy as np
 import pytest
 import torch
