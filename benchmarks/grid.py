@@ -196,25 +196,33 @@ def run_grid(noise: str | None, profile: str, methods: list[str] | None = None, 
     # such; a finished (skipped) job leaves the total instead of advancing it at no cost
     bar = tqdm(total=sum(job_weight(job) for job in jobs), desc=f"grid {label} {profile}", unit="img",
                unit_scale=True, disable=not progress, position=0, dynamic_ncols=True)
-    by_variant, done, shown = {}, 0, [0]  # shown: images of the running job already on the bar
+    by_variant, done = {}, 0
+    shown: dict[str, int] = {}  # per running job: its images already on the bar
+    running: dict[str, int] = {}  # the jobs training now and their images seen, for the display
 
-    def advance(images_seen: int) -> None:  # jobs running in this process report as they train
-        if images_seen > shown[0]:
-            bar.update(images_seen - shown[0])
-            shown[0] = images_seen
+    def advance(variant: str, images_seen: int) -> None:  # running jobs report as they train
+        running[variant] = images_seen
+        if images_seen > shown.get(variant, 0):
+            bar.update(images_seen - shown.get(variant, 0))
+            shown[variant] = images_seen
+        show_running()
+
+    def show_running() -> None:
+        now = ", ".join(f"{v} {n:,}" for v, n in running.items())
+        bar.set_postfix_str(f"{done}/{len(jobs)} jobs" + (f"; training {now}" if now else ""))
 
     jobs_module.progress_hook = advance
     try:
         for job, (status, why) in executor(jobs, attempt):
             by_variant[job.variant] = (status, why)
             done += 1
-            bar.set_postfix_str(f"{done}/{len(jobs)} jobs", refresh=False)
+            running.pop(job.variant, None)
+            seen = min(shown.pop(job.variant, 0), job_weight(job))
             if status == "skipped":
                 bar.total -= job_weight(job)
-                bar.refresh()
             else:
-                bar.update(max(0, job_weight(job) - min(shown[0], job_weight(job))))
-            shown[0] = 0
+                bar.update(job_weight(job) - seen)
+            show_running()
     except BaseException as err:  # interrupted, or the cluster went away
         client.set_terminated(parent_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise

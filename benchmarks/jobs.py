@@ -251,7 +251,9 @@ def run_job(client, experiment_id: str, parent_id: str | None, job: Job, runs_ro
     tags = {**({"mlflow.parentRunId": parent_id} if parent_id else {}), **job_tags(job, data_dir),
             "run_dir": str(out_dir.resolve()), **process_tags()}
     run = client.create_run(experiment_id, run_name=run_name(job), tags=tags)
-    tracker = MlflowTracker(client, run.info.run_id, on_step=progress_hook)
+    hook = progress_hook  # the grid's display: (variant, images seen) as the job trains
+    tracker = MlflowTracker(client, run.info.run_id,
+                            on_step=None if hook is None else lambda seen: hook(job.variant, seen))
     monitor = None
     try:
         tracker.log_params(cfg.flat())
@@ -428,8 +430,12 @@ def run_local(jobs: Iterable[Job], attempt: Attempt) -> Iterator[tuple[Job, tupl
         yield job, attempt(job)
 
 
-def _init_worker(threads: int) -> None:
-    """A parallel grid's worker: `threads` intra-op threads, and CBM3D's pool sized to the same share."""
+def _init_worker(threads: int, progress_queue=None) -> None:
+    """A parallel grid's worker: `threads` intra-op threads, CBM3D's pool sized to the same share,
+    and its jobs' training progress sent to the grid's one display through `progress_queue`."""
+    global progress_hook
+    if progress_queue is not None:
+        progress_hook = lambda variant, seen: progress_queue.put((variant, seen))  # noqa: E731
     os.environ["N2N_CORES"] = str(threads)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = str(threads)
@@ -453,6 +459,7 @@ def run_parallel(jobs: Iterable[Job], attempt: Attempt, workers: int = 2,
     """
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from queue import Empty
 
     attempt = dataclasses.replace(attempt, progress=False)  # one display: the grid's own bar
     todo = []
@@ -464,13 +471,24 @@ def run_parallel(jobs: Iterable[Job], attempt: Attempt, workers: int = 2,
     if not todo:
         return
     context = multiprocessing.get_context("spawn")
+    shown = progress_hook  # the display of this process (the grid's bar), fed from the workers
+    queue = context.Queue() if shown is not None else None
+
+    def relay() -> None:
+        while queue is not None:
+            try:
+                shown(*queue.get_nowait())
+            except Empty:
+                return
+
     with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context,
-                             initializer=_init_worker, initargs=(threads,)) as pool:
+                             initializer=_init_worker, initargs=(threads, queue)) as pool:
         pending = {pool.submit(_attempt_in_worker, attempt, job.variant, job.config.model_dump_json(),
                                job.eval_id): job for job in todo}
         try:
             while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                relay()
                 for future in done:
                     job = pending.pop(future)
                     try:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks.grid import run_grid
 from benchmarks.mlflow_tracker import TrackingError, open_store
@@ -188,3 +189,51 @@ def test_caption_names_rows_scored_otherwise_and_the_cost_of_training_free_metho
     assert "course-strided (" not in text  # its own column
     assert "of the methods that train nothing: zs-n2n 312, cbm3d 3.14." in text
     assert "train nothing" not in caption(runs[:1], "gaussian25", "quick", ["kodak24"])
+
+
+def test_parallel_jobs_show_their_progress_and_score_as_a_job_run_alone(tmp_path, data_dir, monkeypatch):
+    # two 1-thread jobs side by side (--jobs 2 on 2 cores) against the same job alone at 2 threads:
+    # only float reduction order differs, so the PSNRs agree to far better than 0.02 dB
+    import benchmarks.grid as grid
+    from benchmarks.grid import make_executor
+
+    postfixes = []
+
+    class Bar:
+        def __init__(self, *args, total=0, **kwargs):
+            self.total = total
+
+        def update(self, n=1):
+            pass
+
+        def set_postfix_str(self, text, refresh=True):
+            postfixes.append(text)
+
+        def refresh(self):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(grid, "tqdm", Bar)
+    both = f"sqlite:///{tmp_path / 'both.db'}"
+    outcome = run_grid("gaussian25", "smoke", ["n2c", "n2n"], TINY, both, runs_root=tmp_path / "both",
+                       data_dir=data_dir, progress=False, executor=make_executor("local", jobs=2, cores=2))
+    assert sorted(outcome.ran) == ["n2c", "n2n"] and not outcome.failed
+    assert any("training n2c" in text for text in postfixes) and any("training n2n" in text for text in postfixes)
+    client, experiment_id = open_store(both)
+    parallel = {r.data.tags["variant"]: r for r in _child_runs(client, experiment_id)}
+    assert {r.data.tags["torch_threads"] for r in parallel.values()} == {"1"}
+
+    alone = f"sqlite:///{tmp_path / 'alone.db'}"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_grid("gaussian25", "smoke", ["n2c"], TINY, alone, runs_root=tmp_path / "alone", data_dir=data_dir,
+                 progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    client, experiment_id = open_store(alone)
+    (single,) = _child_runs(client, experiment_id)
+    assert single.data.tags["torch_threads"] == "2"
+    assert abs(single.data.metrics["psnr_kodak24"] - parallel["n2c"].data.metrics["psnr_kodak24"]) <= 0.02
