@@ -30,6 +30,7 @@ from n2n_core.data.sets import resolve_set
 from n2n_core.evaluation.paired import make_evaluator
 from n2n_core.evaluation.tiling import denoise_tiled
 from n2n_core.noise import parse_style
+from n2n_core.train.checkpoint import atomic_write
 
 
 def score(method, model, cfg, data_dir: Path, stride: float | None) -> tuple[float, float, int]:
@@ -90,7 +91,8 @@ def main() -> None:
     load = os.getloadavg()[0]
     stem = args.out / f"blindspot-scoring-{args.noise}-p{args.patch}"
     args.out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(stem.with_suffix(".csv"), index=False, float_format="%.4f")
+    csv = table.to_csv(index=False, float_format="%.4f")
+    atomic_write(stem.with_suffix(".csv"), lambda tmp: tmp.write_text(csv))
     text = (f"Blind-spot scoring on the quick profile's evaluation inputs (central 256² Kodak crops ×1), "
             f"{args.noise}, trained on {args.patch}² crops (quick budget); one process, "
             f"{torch.get_num_threads()} threads, load average {load:.1f} at the end. Command: "
@@ -99,7 +101,8 @@ def main() -> None:
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |"
               for row in table.itertuples(index=False)]
-    stem.with_suffix(".md").write_text(text + "\n".join(lines) + "\n")
+    markdown = text + "\n".join(lines) + "\n"
+    atomic_write(stem.with_suffix(".md"), lambda tmp: tmp.write_text(markdown))
     print(stem.with_suffix(".md").read_text())
 
 
