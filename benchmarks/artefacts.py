@@ -53,7 +53,7 @@ def score_all(result: TrainResult, out_dir: Path, data_dir: Path, progress: bool
         try:
             scored = evaluate_model(
                 result.method, result.model, cfg, name, cfg.noise, device, data_dir,
-                progress=lambda n=1: bars[0].update(n), on_output=keep_first,
+                progress=lambda n=1: bars[0].update(n), on_output=keep_first, count_flops=True,
                 on_start=lambda total, lab=label: bars.append(
                     tqdm(total=total, desc=f"eval {lab}", disable=not progress, leave=False, unit="img")))
         finally:

@@ -170,6 +170,33 @@ def select_jobs(noise: str | None, profile: str, methods: list[str] | None = Non
     return expand_paper(profile, noise, overrides, methods), {}
 
 
+def matmul_rate(jobs: list) -> float | None:
+    """Float32 matmul GFLOP/s of this machine on the jobs' device, all cores (benchmarks/flops.py)."""
+    from n2n_core.device import resolve_device
+
+    from .flops import MatmulRate
+
+    if not jobs:
+        return None
+    return MatmulRate(device=resolve_device(jobs[0].config.train.device)).best_of()
+
+
+def grid_floor(client, experiment_id: str, parent_id: str, rate: float | None) -> dict[str, float]:
+    """The parent run's account of the jobs it ran: their seconds summed, their counted FLOPs, and
+    the floor (those FLOPs at the matmul rate measured in this run); {} when nothing ran."""
+    children = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+                                  max_results=10000)
+    if not children:
+        return {}
+    metrics = [run.data.metrics for run in children]
+    flops = sum(value for m in metrics for key, value in m.items()
+                if key == "train_flops" or key.startswith("scoring_flops_"))
+    account = {"grid_job_seconds": sum(m.get("job_seconds", 0.0) for m in metrics), "grid_flops": flops}
+    if rate:
+        account |= {"matmul_gflops": rate, "grid_floor_seconds": flops / (rate * 1e9)}
+    return account
+
+
 def run_grid(noise: str | None, profile: str, methods: list[str] | None = None, overrides: list[str] = (),
              tracking_uri: str | None = None, runs_root: Path | None = None,
              data_dir: Path | None = None, progress: bool = True,
@@ -192,6 +219,7 @@ def run_grid(noise: str | None, profile: str, methods: list[str] | None = None, 
     attempt = Attempt(tracking_uri, EXPERIMENT, parent_id, Path(runs_root).resolve(),
                       Path(data_dir).resolve(), progress)
     started = time.time()
+    rate = matmul_rate(jobs) if here else None  # the floor's yardstick, on the jobs' device
     # the bar counts training images over all jobs, so its rate and ETA weigh a 2M-image job as
     # such; a finished (skipped) job leaves the total instead of advancing it at no cost
     bar = tqdm(total=sum(job_weight(job) for job in jobs), desc=f"grid {label} {profile}", unit="img",
@@ -239,6 +267,8 @@ def run_grid(noise: str | None, profile: str, methods: list[str] | None = None, 
             (outcome.ran if status == "ran" else outcome.skipped).append(job.variant)
     try:
         client.log_metric(parent_id, "grid_wall_seconds", time.time() - started)
+        for key, value in grid_floor(client, experiment_id, parent_id, rate).items():
+            client.log_metric(parent_id, key, value)
         client.set_terminated(parent_id, "FAILED" if outcome.failed else "FINISHED")
     except Exception:  # the server went away: the jobs' outcomes are still reported to the user
         print(f"could not close the grid run {parent_id} in MLflow (tracking server unreachable)",

@@ -280,6 +280,11 @@ def run_job(client, experiment_id: str, parent_id: str | None, job: Job, runs_ro
         tracker.log_metrics({f"psnr_{name}": evaluation.psnr_mean for name, evaluation in scores.items()},
                             step=result.images_seen)
         tracker.set_tags({f"n_evaluations_{name}": evaluation.n_evaluations for name, evaluation in scores.items()})
+        # counted FLOPs, for the grid's floor (benchmarks/flops.py)
+        tracker.log_metrics({**({"train_flops": result.flops} if result.flops else {}),
+                             **{f"scoring_flops_{name}": evaluation.flops_per_evaluation * evaluation.n_evaluations
+                                for name, evaluation in scores.items() if evaluation.flops_per_evaluation is not None}},
+                            step=result.images_seen)
         # what scoring costs per evaluation: the whole cost of a method that fits every image (zs-n2n)
         tracker.log_metrics({f"scoring_seconds_per_evaluation_{name}": evaluation.seconds / evaluation.n_evaluations
                              for name, evaluation in scores.items() if evaluation.seconds is not None},

@@ -108,6 +108,26 @@ def load_baselines() -> pd.DataFrame:
     return table.drop_duplicates(["variant", "noise", "dataset"], keep="first")
 
 
+def newest_grid_account(client, experiment_id: str, noise: str, profile: str) -> dict[str, float]:
+    """Metrics of the newest finished grid run for (noise, profile) that measured its floor; {} if none."""
+    runs = client.search_runs([experiment_id], filter_string="tags.grid = '1' and attributes.status = 'FINISHED'",
+                              max_results=1000, order_by=["attributes.end_time DESC"])
+    for run in runs:
+        tags = run.data.tags
+        if tags.get("noise") == noise and tags.get("profile") == profile and "grid_floor_seconds" in run.data.metrics:
+            return dict(run.data.metrics)
+    return {}
+
+
+def floor_note(account: dict[str, float]) -> str:
+    """'; newest grid run: wall time 31.2 min, floor 4.1 min (…)' or '' without a measured floor."""
+    if not account:
+        return ""
+    return (f"; newest grid run: wall time {account['grid_wall_seconds'] / 60:.1f} min, floor "
+            f"{account['grid_floor_seconds'] / 60:.1f} min (the counted FLOPs of the jobs it ran at the "
+            f"{account['matmul_gflops']:.0f} GFLOP/s float32 matmul rate it measured; CBM3D counts 0)")
+
+
 def in_grid_order(runs: list[JobRun]) -> list[JobRun]:
     """Runs in the grid's row order (grid.toml), unknown variants last by name."""
     order = variant_order()
@@ -183,7 +203,8 @@ def scored_differently(runs: list[JobRun], params: dict) -> str:
     return f"; scored otherwise: {'; '.join(notes)}" if notes else ""
 
 
-def caption(runs: list[JobRun], noise: str, profile: str, sets: list[str]) -> str:
+def caption(runs: list[JobRun], noise: str, profile: str, sets: list[str],
+            account: dict[str, float] | None = None) -> str:
     params = next((r.params for r in runs if r.params.get("train.budget_images")), runs[0].params)
     repeats = ", ".join(f"{s} ×{params.get(f'eval.repeats.{s}', 1)}" for s in sets)
     crop = params.get("eval.center_crop")
@@ -198,7 +219,7 @@ def caption(runs: list[JobRun], noise: str, profile: str, sets: list[str]) -> st
         f"of {crop_sizes(runs)} crops from {params.get('train.train_set')} (batch "
         f"{params.get('train.batch_size')}); evaluations per image: {repeats}{crop_note}; PSNR on "
         f"uint8-quantised images (docs/methods.md §8); {scoring_note(runs)}; device {', '.join(devices)}; total job wall time "
-        f"{wall / 60:.1f} min{scoring_cost(runs, sets)}. Published numbers from baselines/published.csv (first source per cell); "
+        f"{wall / 60:.1f} min{floor_note(account or {})}{scoring_cost(runs, sets)}. Published numbers from baselines/published.csv (first source per cell); "
         f"a number marked (float) was measured on unquantised floats and is not directly comparable."
     )
 
@@ -282,7 +303,7 @@ def build_report(tracking_uri: str | None, out: Path,
     sections: list[report_html.Section] = []
     for (noise, profile), runs in sorted(groups.items()):
         table, sets = build_table(runs, noise)
-        text = caption(runs, noise, profile, sets)
+        text = caption(runs, noise, profile, sets, newest_grid_account(client, experiment_id, noise, profile))
         stem = out / f"psnr-{noise}-{profile}"
         markdown = to_markdown(table, sets, text)
         written.append(_write_text(out, stem.with_suffix(".md"), markdown))

@@ -87,11 +87,12 @@ def load_trained(checkpoint: Path, device: torch.device) -> tuple[ExperimentConf
 
 def evaluate_model(method: Method, model, cfg: ExperimentConfig, dataset: str, noise: str,
                    device: torch.device, data_dir: Path, repeats: int | None = None,
-                   progress=None, on_start=None, on_output=None) -> EvalResult:
+                   progress=None, on_start=None, on_output=None, count_flops: bool = False) -> EvalResult:
     """Score a (trained) method on one set with the §8 protocol and the config's eval options.
 
     on_start(n) is called with the number of evaluations once the set is loaded (a progress bar's
     total), progress(1) after each, and on_output(input, output) with every denoised input.
+    count_flops: the first evaluation runs under torch's FLOP counter (result.flops_per_evaluation).
     """
     noise_model = parse_style(noise)
     if noise_model.style != parse_style(cfg.noise).style:  # e.g. known-σ SSDN scored on another level
@@ -108,9 +109,17 @@ def evaluate_model(method: Method, model, cfg: ExperimentConfig, dataset: str, n
             for item, output in zip(items, outputs):
                 on_output(item, output)
             return outputs
+    counted = None
+    if count_flops:
+        from .flops import CountFirstCall
+
+        denoise = counted = CountFirstCall(denoise)
     if on_start is not None:
         on_start(evaluator.n_evaluations)
-    return evaluator.run(denoise, chunk=method.eval_chunk, progress=progress)
+    result = evaluator.run(denoise, chunk=method.eval_chunk, progress=progress)
+    if counted is not None:
+        result = dataclasses.replace(result, flops_per_evaluation=counted.flops_per_evaluation)
+    return result
 
 
 def eval_result_to_json(result: EvalResult) -> str:

@@ -7,6 +7,7 @@ Under torchrun (WORLD_SIZE > 1) this process joins the job as one rank of a data
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from n2n_core.train import distributed
 from n2n_core.train.checkpoint import atomic_write
 from n2n_core.train.trainer import Trainer
 
+from .flops import training_step_flops
 from .scoring import make_denoiser
 
 
@@ -38,6 +40,7 @@ class TrainResult:
     model: nn.Module | None
     method: Method
     config: ExperimentConfig
+    flops: float | None = None  # counted training FLOPs: one step's × the steps (benchmarks/flops.py)
 
 
 def _validation(method: Method, cfg: ExperimentConfig, device, data_dir: Path):
@@ -87,5 +90,10 @@ def train(cfg: ExperimentConfig, out_dir: Path, tracker: Tracker | None = None,
     eval_model, state = trainer.fit(model, checkpoint)
     if not fresh and main:
         atomic_write(config_file, lambda tmp: tmp.write_text(config_text))
+    flops = None
+    if main:
+        steps = math.ceil(cfg.train.budget_images / cfg.train.batch_size)
+        flops = steps * training_step_flops(method, model, stream, cfg.train.batch_size,
+                                            cfg.train.budget_images, device, cfg.seed)
     return TrainResult(checkpoint, state.images_seen, state.skipped_steps, state.seconds,
-                       eval_model, method, cfg)
+                       eval_model, method, cfg, flops)

@@ -64,6 +64,16 @@ def test_sqlite_grid_logs_runs_skips_finished_and_report_is_reproducible(tmp_pat
     table = (tmp_path / "results" / "psnr-gaussian25-smoke.md").read_text()
     assert "| n2c |" in table and "| noisy |" in table and "profile 'smoke'" in table
     assert f"{n2c.data.metrics['psnr_kodak24']:.2f}" in table
+    # the grid run's account: its jobs' seconds and counted FLOPs, the floor at its measured matmul rate
+    (parent,) = [r for r in client.search_runs([experiment_id]) if r.data.tags.get("grid") == "1"][-1:]
+    account = parent.data.metrics
+    children = [runs["noisy"], n2c]
+    assert account["grid_job_seconds"] == pytest.approx(sum(r.data.metrics["job_seconds"] for r in children))
+    n2c_flops = n2c.data.metrics["train_flops"] + n2c.data.metrics["scoring_flops_kodak24"]
+    assert n2c.data.metrics["train_flops"] > 0 and account["grid_flops"] == pytest.approx(
+        n2c_flops + runs["noisy"].data.metrics.get("scoring_flops_kodak24", 0.0))
+    assert account["grid_floor_seconds"] == pytest.approx(account["grid_flops"] / (account["matmul_gflops"] * 1e9))
+    assert f"wall time {account['grid_wall_seconds'] / 60:.1f} min, floor {account['grid_floor_seconds'] / 60:.1f} min" in table
     # a training-free method's whole cost is its scoring: the caption gives it per evaluation
     cost = runs["noisy"].data.metrics["scoring_seconds_per_evaluation_kodak24"]
     assert 0 < cost <= runs["noisy"].data.metrics["job_seconds"]

@@ -41,8 +41,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.flops import MatmulRate, count_flops
 from n2n_core.config import TrainConfig
 from n2n_core.data.images import default_data_dir
 from n2n_core.data.train_stream import CropStream
@@ -164,22 +164,6 @@ def plain_twin(model: nn.Module) -> nn.Module:
 # --- measurements ----------------------------------------------------------------------------------
 
 
-class MatmulRate:
-    """float32 GFLOP/s of one (n × n) @ (n × n) torch.mm into a preallocated output."""
-
-    def __init__(self, n: int):
-        gen = torch.Generator().manual_seed(0)
-        self.a, self.b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
-        self.out = torch.empty(n, n)
-        self.flops = 2 * n**3
-        torch.mm(self.a, self.b, out=self.out)  # warm-up
-
-    def __call__(self) -> float:
-        start = time.perf_counter()
-        torch.mm(self.a, self.b, out=self.out)
-        return self.flops / (time.perf_counter() - start) / 1e9
-
-
 def load_train_images(patch: int, seed: int) -> tuple[list[Tensor], str]:
     """bsd300-train as uint8 (3, H, W) tensors, or 32 random 321×481 images if it is missing."""
     from n2n_core.data.sets import resolve_set
@@ -234,12 +218,6 @@ class StepRunner:
         if grads_are_finite(self.model):
             self.optimizer.step()
         return float(loss.detach())
-
-
-def count_flops(run: Callable[[], object]) -> int:
-    with FlopCounterMode(display=False) as counter:
-        run()
-    return counter.get_total_flops()
 
 
 def timed(run: Callable[[], object]) -> float:

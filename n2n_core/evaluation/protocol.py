@@ -51,6 +51,7 @@ class EvalResult:
     center_crop: int | None = None
     convention: str = CONVENTION_UINT8
     seconds: float | None = None  # wall time of the whole scoring, when the caller measured it
+    flops_per_evaluation: float | None = None  # counted FLOPs of one evaluation, when counted
 
     @property
     def n_evaluations(self) -> int:
