@@ -127,3 +127,18 @@ def start_mlflow_server(folder: Path, port: int | None = None) -> tuple[subproce
             time.sleep(1)
     os.killpg(proc.pid, 9)
     pytest.fail("mlflow server did not start within 120 s")
+
+
+# The files that wait longest on servers, subprocesses and whole smoke grids (measured with
+# --durations), run first: pytest-xdist hands files to its workers in collection order, so the
+# longest start at once and the short ones fill the gaps, instead of one long file running alone
+# at the end.
+LONGEST_FIRST = ["test_hardening.py", "test_concurrency.py", "test_runner.py", "test_ray_grid.py",
+                 "test_blindspot_scale.py", "test_distributed.py", "test_cli_ux.py", "test_cli_evaluate.py",
+                 "test_methods_contract.py", "test_hardening_round2.py", "test_course.py", "test_cli_train.py"]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    order = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (rank.get(Path(str(item.fspath)).name, len(rank)), order[id(item)]))
