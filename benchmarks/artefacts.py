@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
-import time
 from pathlib import Path
 
 import torch
@@ -49,9 +47,8 @@ def score_all(result: TrainResult, out_dir: Path, data_dir: Path, progress: bool
             if name == cfg.eval.sets[0] and item.repeat == 0 and not first_outputs:
                 first_outputs.append(output.detach().cpu())
 
-        started = time.perf_counter()
         try:
-            scored = evaluate_model(
+            scores[label] = evaluate_model(
                 result.method, result.model, cfg, name, cfg.noise, device, data_dir,
                 progress=lambda n=1: bars[0].update(n), on_output=keep_first, count_flops=True,
                 on_start=lambda total, lab=label: bars.append(
@@ -59,8 +56,6 @@ def score_all(result: TrainResult, out_dir: Path, data_dir: Path, progress: bool
         finally:
             for bar in bars:
                 bar.close()
-        # wall time of the whole set (loading, noise, denoising, PSNR), the cost a user waits for
-        scores[label] = dataclasses.replace(scored, seconds=time.perf_counter() - started)
         write_per_image_csv(scores[label], out_dir / f"psnr-{label}.csv")
         atomic_write(saved, lambda tmp, r=scores[label]: tmp.write_text(eval_result_to_json(r)))
     if cfg.eval.sets:

@@ -270,7 +270,8 @@ def run_job(client, experiment_id: str, parent_id: str | None, job: Job, runs_ro
             before = checkpoint_progress(out_dir / "checkpoint.pt", identity=cfg.config_hash())
             tracker.set_tags(history_tags(before[0] if before else 0, cfg.train.budget_images))
             monitor = start_system_metrics(client.tracking_uri, run.info.run_id)
-        result = training.train(cfg, out_dir, tracker=tracker, data_dir=data_dir, progress=progress)
+        result = training.train(cfg, out_dir, tracker=tracker, data_dir=data_dir, progress=progress,
+                                 count_flops=True)
         if monitor is not None:
             monitor.finish()
             monitor = None

@@ -63,8 +63,10 @@ def _validation(method: Method, cfg: ExperimentConfig, device, data_dir: Path):
 
 
 def train(cfg: ExperimentConfig, out_dir: Path, tracker: Tracker | None = None,
-          data_dir: Path | None = None, progress: bool = True) -> TrainResult:
-    """Train (or resume, or return the finished run in out_dir) and return the evaluation model."""
+          data_dir: Path | None = None, progress: bool = True, count_flops: bool = False) -> TrainResult:
+    """Train (or resume, or return the finished run in out_dir) and return the evaluation model.
+
+    count_flops: also count one step's FLOPs (result.flops), for a logged job's floor."""
     data_dir = data_dir or default_data_dir()
     device = resolve_device(cfg.train.device)
     method = build_method(cfg.method, parse_style(cfg.noise), cfg.data.channels, cfg.method_source)
@@ -91,7 +93,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, tracker: Tracker | None = None,
     if not fresh and main:
         atomic_write(config_file, lambda tmp: tmp.write_text(config_text))
     flops = None
-    if main:
+    if main and count_flops:
         steps = math.ceil(cfg.train.budget_images / cfg.train.batch_size)
         flops = steps * training_step_flops(method, model, stream, cfg.train.batch_size,
                                             cfg.train.budget_images, device, cfg.seed)
