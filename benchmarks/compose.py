@@ -42,6 +42,10 @@ def _method_layer(method: str) -> tuple[dict, dict]:
         return {"method": {"name": method}}, {}
     plugin = external.entry_point_spec(method)
     if plugin is not None:
+        literal = external.default_name(external.load_class(plugin))
+        if literal != method:  # method.name is the Config literal; folders and tables use the entry name
+            raise ConfigError(f"entry point {method!r} ({external.ENTRY_POINT_GROUP}) names {plugin}, whose "
+                              f"Config name is {literal!r}; register it as {literal!r} or rename the literal")
         return {"method": {"name": method}}, {"method_source": external.source_of(plugin).model_dump()}
     raise ConfigError(
         f"unknown method {method!r}; expected a variant ({', '.join(available('methods'))}), "

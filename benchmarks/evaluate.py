@@ -82,7 +82,8 @@ def evaluate_command(*, noise, dataset, method, checkpoint, repeats, seed, devic
         from n2n_core.methods import build_method
         from n2n_core.noise import parse_style
 
-        the_method = build_method(cfg.method, parse_style(noise), cfg.data.channels)
+        # an external method (file, module or entry point) is found again through its recorded source
+        the_method = build_method(cfg.method, parse_style(noise), cfg.data.channels, cfg.method_source)
         if the_method.trainable:
             raise ConfigError(f"method {method!r} must be trained first; pass --checkpoint")
         model, name = None, cfg.method.name

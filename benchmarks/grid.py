@@ -54,10 +54,11 @@ def expand(noise: str, profile: str, methods: list[str] | None = None,
     """Jobs of the grid valid for `noise`, and the variants left out with the reason."""
     variants: dict = load_toml(GRID_FILE)["variants"]
     if methods:
-        unknown = [m for m in methods if m not in variants and not external.is_spec(m)]
+        unknown = [m for m in methods if m not in variants and not external.is_spec(m)
+                   and external.entry_point_spec(m) is None]  # a name an installed package registers
         if unknown:
-            raise N2NError(f"unknown grid variant(s) {', '.join(unknown)}; expected: {', '.join(variants)} "
-                           "or path/to/file.py:ClassName")
+            raise N2NError(f"unknown grid variant(s) {', '.join(unknown)}; expected: {', '.join(variants)}, "
+                           f"path/to/file.py:ClassName or a name in the entry-point group {external.ENTRY_POINT_GROUP}")
         variants = {m: variants.get(m, {}) for m in methods}
     variable = parse_style(noise).variable
     jobs, left_out = [], {}

@@ -35,7 +35,9 @@ def _variant_summary(path: Path) -> str:
 
 
 def methods() -> list[str]:
-    from n2n_core.methods import METHODS
+    from importlib import metadata
+
+    from n2n_core.methods import METHODS, external
 
     lines = ["method variants (benchmarks/configs/methods/<name>.toml; --method NAME):"]
     for name in available("methods"):
@@ -45,6 +47,10 @@ def methods() -> list[str]:
         doc = (cls.__doc__ or "").strip().splitlines()
         trainable = "" if cls.trainable else " [training-free]"
         lines.append(f"  {name:<26} {doc[0] if doc else cls.__name__}{trainable}")
+    plugins = metadata.entry_points(group=external.ENTRY_POINT_GROUP)
+    if plugins:  # named, not imported: a broken plugin must not break the list
+        lines.append(f"installed plugins (entry-point group {external.ENTRY_POINT_GROUP}; --method NAME):")
+        lines += [f"  {entry.name:<26} {entry.value}" for entry in sorted(plugins, key=lambda e: e.name)]
     lines.append("your own method: --method path/to/file.py:ClassName or package.module:ClassName "
                  "(a Method subclass, README 'Adding a method'), or a name registered in the entry-point "
                  "group n2n_bench.methods")

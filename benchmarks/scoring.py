@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from n2n_core.config import ExperimentConfig
 from n2n_core.data.sets import resolve_set
-from n2n_core.errors import CheckpointError, first_line
+from n2n_core.errors import CheckpointError, N2NError, first_line
 from n2n_core.evaluation.paired import make_evaluator
 from n2n_core.evaluation.protocol import EvalRecord, EvalResult
 from n2n_core.evaluation.tiling import denoise_tiled
@@ -66,13 +67,33 @@ def make_denoiser(method: Method, model, device: torch.device, cfg: ExperimentCo
     return many
 
 
+def _deleted_method_file(raw: str) -> str | None:
+    """The external method file a run's configuration records, when that file no longer exists."""
+    tree = json.loads(raw)
+    source = tree.get("method_source") if isinstance(tree, dict) else None
+    where = str(source.get("spec", "")).rpartition(":")[0] if isinstance(source, dict) else ""
+    return where if where.endswith(".py") and not Path(where).is_file() else None
+
+
+def _our_reason(err: Exception) -> N2NError | None:
+    """The project's own error (a ConfigError naming the problem and the fix) inside a validation error."""
+    causes = [e.get("ctx", {}).get("error") for e in err.errors()] if isinstance(err, ValidationError) else []
+    return next((cause for cause in causes if isinstance(cause, N2NError)), None)
+
+
 def load_trained(checkpoint: Path, device: torch.device) -> tuple[ExperimentConfig, Method, nn.Module]:
     """Rebuild method and evaluation model (EMA weights when the run kept them) from a checkpoint."""
     saved = load_checkpoint(checkpoint, map_location=device)
     try:
-        cfg = ExperimentConfig.model_validate_json(saved["meta"]["config"])
+        raw = saved["meta"]["config"]
+        if gone := _deleted_method_file(raw):
+            raise CheckpointError(f"checkpoint {checkpoint} was trained with the method file {gone}, which no "
+                                  "longer exists; restore it unchanged (its sha256 is part of the run), or train anew")
+        cfg = ExperimentConfig.model_validate_json(raw)
     except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {checkpoint} carries no valid configuration ({first_line(err)})") from None
+        cause = _our_reason(err)  # e.g. the run's method file changed since: say that, not pydantic's title
+        detail = f": {first_line(cause)}" if cause else f" carries no valid configuration ({first_line(err)})"
+        raise CheckpointError(f"checkpoint {checkpoint}{detail}") from None
     method = build_method(cfg.method, parse_style(cfg.noise), cfg.data.channels, cfg.method_source)
     model = method.build_model(make_generator(0))
     try:

@@ -127,9 +127,10 @@ def sweep_cells(method: str, noise: str, profile: str, axes: list[Axis], overrid
     if len(set(keys)) < len(keys):
         raise ConfigError(f"--axis names a key twice ({', '.join(keys)}); give each key once with all its values")
     cells, by_hash = [], {}
+    variant = compose.variant_name(method)  # an external spec's run folders and tags use its name literal
     for items in itertools.product(*(axis.items for axis in axes)):
         cfg = compose.compose_config(profile, method, noise, [*overrides, *(f"{k}={v}" for k, v in zip(keys, items))])
-        cell = Cell({k: _resolved(cfg, k, v) for k, v in zip(keys, items)}, Job(method, cfg))
+        cell = Cell({k: _resolved(cfg, k, v) for k, v in zip(keys, items)}, Job(variant, cfg))
         same = by_hash.setdefault(cfg.config_hash(), cell)
         if same is not cell:
             raise ConfigError(f"sweep cells {same.label} and {cell.label} are the same configuration; drop one value")
@@ -146,11 +147,11 @@ def run_sweep(method: str, noise: str, profile: str, axes: list[Axis], overrides
     runs_root = runs_root or default_runs_root()
     cells = sweep_cells(method, noise, profile, axes, overrides)  # bad input: nothing written
     keys = [axis.key for axis in axes]
-    first = cells[0].job.config
+    first, variant = cells[0].job.config, cells[0].job.variant
     client, experiment_id = open_store(tracking_uri, experiment=SWEEP_EXPERIMENT)
     parent = client.create_run(
-        experiment_id, run_name=f"sweep {method} {first.noise} {profile}: {' × '.join(keys)}",
-        tags={"sweep": "1", "variant": method, "noise": first.noise, "profile": profile,
+        experiment_id, run_name=f"sweep {variant} {first.noise} {profile}: {' × '.join(keys)}",
+        tags={"sweep": "1", "variant": variant, "noise": first.noise, "profile": profile,
               "sweep.axes": " × ".join(keys), "sweep.cells": str(len(cells))},
     )
     parent_id = parent.info.run_id
@@ -165,13 +166,13 @@ def run_sweep(method: str, noise: str, profile: str, axes: list[Axis], overrides
                 continue
             run = finished_run(client, experiment_id, cfg.config_hash())
             if status == "ran":  # name the child after its cell, so the nested list reads as the sweep
-                client.set_tag(run.info.run_id, "mlflow.runName", f"{method} {cell.label}")
+                client.set_tag(run.info.run_id, "mlflow.runName", f"{variant} {cell.label}")
             score = run.data.metrics.get(f"psnr_{cfg.eval.sets[0]}")
             rows.append({**cell.values, "psnr": score, "train_seconds": run.data.metrics.get("train_seconds"),
                          "set": cfg.eval.sets[0], "run_id": run.info.run_id})
         table = pd.DataFrame(rows, columns=[*keys, "psnr", "train_seconds", "set", "run_id"])
-        name = re.sub(r"[^A-Za-z0-9._=-]+", "_", f"sweep-{method}-{first.noise}-{profile}-{'-'.join(keys)}")
-        written, note = write_outputs(table, keys, out / name, describe(first, method, keys)) if rows else ([], "")
+        name = re.sub(r"[^A-Za-z0-9._=-]+", "_", f"sweep-{variant}-{first.noise}-{profile}-{'-'.join(keys)}")
+        written, note = write_outputs(table, keys, out / name, describe(first, variant, keys)) if rows else ([], "")
         try:
             for path in written:
                 client.log_artifact(parent_id, str(path))

@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
 from .errors import ConfigError
 from .methods import MethodConfigBase, method_class
@@ -136,6 +136,30 @@ class DataConfig(Frozen):
 NoiseStyle = Annotated[str, AfterValidator(canonical_style)]
 
 
+def _method_section(config: type[MethodConfigBase], fields: dict) -> MethodConfigBase:
+    """The [method] section validated by its method's class; its errors keep the `method.` prefix,
+    and an unknown key is named with that method's own keys (not every method's)."""
+    import difflib
+
+    name = fields.get("name")
+    for key in fields:
+        if key not in config.model_fields:
+            valid = sorted(config.model_fields)
+            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+            raise ConfigError(f"method.{key}: unknown key of method {name}"
+                              + (f"; did you mean 'method.{close[0]}'?" if close else "")
+                              + f" (its keys: {', '.join(valid)})")
+    try:
+        return config.model_validate(fields)
+    except ValidationError as err:  # raised inside the outer model's validator: its locations lack `method`
+        try:
+            prefixed = ValidationError.from_exception_data(
+                err.title, [{**e, "loc": ("method", *e["loc"])} for e in err.errors()])
+        except KeyError:  # a method's own error type, which pydantic cannot rebuild: keep the error as it is
+            raise err from None
+        raise prefixed from None
+
+
 class ExperimentConfig(Frozen):
     profile: str
     """Name of the profile the run was composed from."""
@@ -161,7 +185,7 @@ class ExperimentConfig(Frozen):
             name = data["method"].get("name")
             if not isinstance(name, str):
                 raise ConfigError("method.name is missing; name a method, e.g. method.name=\"n2c\"")
-            data = {**data, "method": method_class(name, source).Config.model_validate(data["method"])}
+            data = {**data, "method": _method_section(method_class(name, source).Config, data["method"])}
         return data
 
     @model_validator(mode="after")

@@ -176,10 +176,8 @@ REPRO = [pytest.param(cls, cls.Config(), "gaussian25", id=name)
          for name, cls in METHODS.items() if cls.trainable and accepts(cls, cls.Config(), "gaussian25")]
 
 
-@pytest.mark.parametrize(("cls", "config", "style"), REPRO)
-def test_same_seeds_give_identical_weights_and_a_resumed_run_equals_an_uninterrupted_one(
-        cls, config, style, tiny_images, tmp_path):
-    images = tiny_images(3, 80, 72)
+def check_reproducible(cls, config, style, images, tmp_path: Path) -> None:
+    """Same seeds, bit-identical weights; killed after the first checkpoint and resumed, the same again."""
     trained(cls, config, style, images, tmp_path / "a.pt")
     trained(cls, config, style, images, tmp_path / "b.pt")
     with pytest.raises(Stop):
@@ -190,6 +188,17 @@ def test_same_seeds_give_identical_weights_and_a_resumed_run_equals_an_uninterru
     for key in a:
         assert torch.equal(a[key], b[key]), f"same seeds, different {key}"
         assert torch.equal(a[key], c[key]), f"resumed run differs in {key}"
+
+
+@pytest.mark.parametrize(("cls", "config", "style"), REPRO)
+def test_same_seeds_give_identical_weights_and_a_resumed_run_equals_an_uninterrupted_one(
+        cls, config, style, tiny_images, tmp_path):
+    check_reproducible(cls, config, style, tiny_images(3, 80, 72), tmp_path)
+
+
+def test_an_external_method_from_a_file_is_reproducible_and_resumes_exactly(example_spec, tiny_images, tmp_path):
+    cls = external.load_class(external.normalise(example_spec))
+    check_reproducible(cls, cls.Config(), "gaussian25", tiny_images(3, 80, 72), tmp_path)
 
 
 def test_external_method_is_refused_in_one_line_when_it_breaks_the_contract(tmp_path):

@@ -13,6 +13,9 @@ output gradient times the unfolded input summed over the batch, and the bias gra
 output gradient summed over batch and positions. The transposed convolution is the convolution's
 input gradient run forwards, and its backward is a convolution. The columns are built channels-
 last from strided windows (see "Columns" below): the numbers of torch's ``unfold``, transposed.
+
+Why one long module: it holds every forward/backward pair of the framework; each pair is short,
+and together they share the column helpers (im2col, col2im) they are built on.
 """
 
 from __future__ import annotations

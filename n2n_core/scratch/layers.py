@@ -17,6 +17,9 @@ Initialisation is torch's default for convolutions (``kaiming_uniform_(a=sqrt(5)
 U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the weight, and the same bound for the bias), drawn from an
 explicit ``torch.Generator``. With ``generator=None`` a fresh generator seeded with 0 is used, so
 construction never touches torch's global random state.
+
+Why one long module: it is the framework's whole layer set (the Module base and the seven modules
+that implement its contract, each with a hand-written backward), kept beside the base it implements.
 """
 
 from __future__ import annotations
