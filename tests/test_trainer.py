@@ -445,3 +445,119 @@ def test_runs_with_same_seed_see_same_pairs_and_other_seeds_do_not(crops):
     assert len(runs["a"]) == 3
     assert all(torch.equal(x, y) for x, y in zip(runs["a"], runs["b"]))
     assert not any(torch.equal(x, y) for x, y in zip(runs["a"], runs["c"]))  # same crops, other noise
+
+
+# ----------------------------------------------------------------------------- host syncs (CUDA design)
+# On CUDA the trainer keeps the skip decision on the device (finite.DeviceSkip) and reads back only
+# when it logs or saves. The CPU cannot show a CUDA sync, so the design is checked two ways: every
+# deliberate read-back goes through finite.host_read (counted here), and a dispatch mode counts
+# every other scalar read (`.item()`, `bool(t)`, `float(t)`: aten._local_scalar_dense) and every
+# op whose output size depends on values (nonzero, masked_select), which sync on CUDA.
+
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+import n2n_core.train.finite as finite  # noqa: E402
+
+_SYNCING_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.unique")
+
+
+class HiddenSyncs(TorchDispatchMode):
+    """Counts the ops that make a CUDA host wait, wherever they are called from."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func).startswith(_SYNCING_OPS):
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def fused_adam(monkeypatch):
+    """The default optimizer as it is on CUDA (fused: it obeys a device-side found_inf flag)."""
+    monkeypatch.setattr(Method, "make_optimizer", lambda self, model, c: torch.optim.Adam(
+        model.parameters(), lr=c.lr, betas=(0.9, 0.99), eps=1e-8, fused=True))
+
+
+@pytest.fixture
+def read_backs(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    real = finite.host_read
+
+    def counted(tensors):
+        calls.append(len(tensors))
+        return real(tensors)
+
+    monkeypatch.setattr(finite, "host_read", counted)
+    return calls
+
+
+def _ssdn():  # a learned σ: its estimate is one of the method's logs read back when logging
+    return build_method(method_config("ssdn", sigma="constant"), GAUSS25)
+
+
+class CutBeforehand(ScriptedStream):
+    """Crops cut before training: the crop stream's host-side reads (CPU generators, CPU tensors,
+    no device involved even on CUDA) stay out of the count."""
+
+    def __init__(self, stream: CropStream, budget: int, batch: int):
+        super().__init__(stream)
+        self.cut = {k: stream.batch(k, min(batch, budget - k)) for k in range(0, budget, batch)}
+
+    def batch(self, images_seen: int, n: int) -> torch.Tensor:
+        self.calls.append((images_seen, n))
+        return self.cut[images_seen].clone()
+
+
+@pytest.mark.parametrize("make_method", [tiny_method, _n2c, _ssdn], ids=["tiny-conv", "n2c-unet", "ssdn"])
+def test_deferred_steps_read_back_only_when_logging(make_method, crops, fused_adam, read_backs):
+    method = make_method()
+    batch, steps = 1, 25  # logged after 10, 20 and 25 steps (LOG_EVERY_STEPS = 10)
+    train_cfg = cfg(budget_images=batch * steps, batch_size=batch, ema_decay=0.9)
+    run = trainer(method, CutBeforehand(crops, batch * steps, batch), train_cfg, defer_host_reads=True)
+    with HiddenSyncs() as hidden:
+        _, state = run.fit(method.build_model(make_generator(0)))
+    assert isinstance(run.guard, finite.DeviceSkip)
+    assert hidden.seen == [], "a step must not read a value back outside host_read"
+    # 3 logs, then the final settle and the finite-weights check: 5 reads for 25 steps
+    assert len(read_backs) == 3 + 2
+    assert state.images_seen == batch * steps and state.skipped_steps == 0
+
+
+def test_host_decision_reads_back_every_step(crops, read_backs):
+    method = tiny_method()
+    run = trainer(method, ScriptedStream(crops), cfg(budget_images=25, batch_size=1))
+    run.fit(method.build_model(make_generator(0)))
+    assert isinstance(run.guard, finite.HostSkip)  # the CPU default
+    assert len(read_backs) == 25 + 3 + 1  # one decision per step, 3 logs, the finite-weights check
+
+
+def test_deferred_skip_equals_the_host_decision(crops, fused_adam, tmp_path):
+    """Same NaN batch, same fused Adam: the device flag skips exactly what the host would skip."""
+    results = {}
+    for deferred in (False, True):
+        method = tiny_method()
+        model = method.build_model(make_generator(0))
+        stream = ScriptedStream(crops, nan_at={8})
+        run = trainer(method, stream, cfg(ramp_up=0.0, ramp_down=0.0, ema_decay=0.5),
+                      defer_host_reads=deferred)
+        ema_model, state = run.fit(model, tmp_path / f"{deferred}.pt")
+        saved = load(tmp_path / f"{deferred}.pt")
+        results[deferred] = (params(model), params(ema_model), state, saved)
+    (w0, e0, s0, c0), (w1, e1, s1, c1) = results[False], results[True]
+    assert all(torch.equal(a, b) for a, b in zip(w0, w1)), "the weights must be bit-identical"
+    for a, b in zip(e0, e1):  # the EMA weight is a float on the host and a tensor on the device
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert s0.skipped_steps == s1.skipped_steps == 1 and c0["skipped_steps"] == c1["skipped_steps"] == 1
+    assert {int(s["step"]) for s in c1["optimizer"]["state"].values()} == {3}, "Adam must not count the skip"
+
+
+def test_deferred_divergence_is_caught_at_the_next_read_back(crops, fused_adam):
+    method = tiny_method()
+    stream = ScriptedStream(crops, nan_at={4 * k for k in range(1, 20)})  # every step after the first
+    run = trainer(method, stream, cfg(budget_images=80, max_consecutive_skips=3), defer_host_reads=True)
+    with pytest.raises(TrainingDiverged, match=r"\d+ consecutive.*lr"):
+        run.fit(method.build_model(make_generator(0)))
+    assert len(stream.calls) == 10, "caught at the first log (10 steps), not at the end of the budget"

@@ -20,17 +20,15 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data.train_stream import CropStream
-from ..errors import CheckpointError, N2NError
+from ..errors import CheckpointError
 from ..methods.base import Method, Step
 from ..seeding import derive_seed, make_generator
 from ..tracking import NullTracker, Tracker
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
+from .finite import (DeviceSkip, HostSkip, TrainingDiverged, grads_are_finite,  # noqa: F401 (re-exported)
+                     tensors_are_finite, weights_are_finite)
 from .schedule import lr_at
-
-
-class TrainingDiverged(N2NError):
-    """Too many consecutive steps with a non-finite gradient."""
 
 
 LOG_EVERY_STEPS = 10  # metrics (and the loss read back from the device) every this many steps
@@ -49,9 +47,6 @@ class StepOutput:
     images: int  # images this step spent (a skipped step spends them too)
     loss: torch.Tensor  # detached, on the training device: read back only when logged
     logs: Mapping[str, torch.Tensor]  # the method's LossOutput.logs
-
-    def loss_value(self) -> float:
-        return float(self.loss)
 
 
 class Clock:
@@ -78,40 +73,6 @@ def crossed(before: int, after: int, every: int) -> bool:
     return before // every != after // every
 
 
-_SUMMABLE = (torch.float32, torch.float16, torch.bfloat16)  # finite sums of these fit in float64
-
-
-def grads_are_finite(model: nn.Module, loss: torch.Tensor | None = None) -> bool:
-    """True when every parameter gradient (and the loss, if given) is finite; one host sync."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if loss is not None:
-        grads.append(loss.detach().reshape(1))
-    return tensors_are_finite(grads)
-
-
-def tensors_are_finite(tensors: list[torch.Tensor]) -> bool:
-    """True when every element of every tensor is finite (one reduction per tensor, one host sync)."""
-    if not tensors:
-        return True
-    if all(t.dtype in _SUMMABLE for t in tensors):
-        # Σ of each tensor in float64: finite float32 values (< 3.5e38, fewer than 2³¹ of them)
-        # cannot overflow it, and one inf or NaN makes the total inf or NaN; one pass per tensor
-        # instead of isfinite's four (benchmarks/perf/README.md, item 7).
-        total = torch.stack([t.sum(dtype=torch.float64) for t in tensors]).sum()
-        return bool(total.isfinite())
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors if t.is_floating_point()]).all())
-
-
-def weights_are_finite(*models: nn.Module | None) -> bool:
-    """True when every floating-point parameter and buffer of every model given is finite (the
-    scratch network, not a torch.nn module, has parameters and no buffers)."""
-    def tensors(m):
-        return (*m.parameters(), *(m.buffers() if hasattr(m, "buffers") else ()))
-
-    return tensors_are_finite([t.detach() for m in models if m is not None
-                               for t in tensors(m) if t.is_floating_point()])
-
-
 class Trainer:
     """Train `model` with `method` on crops from `stream` until the image budget is spent."""
 
@@ -119,7 +80,7 @@ class Trainer:
                  device: torch.device, tracker: Tracker | None = None,
                  validate: Callable[[nn.Module], float] | None = None,
                  identity: str = "", meta: dict | None = None, progress: bool = True,
-                 dist: distributed.DistContext | None = None):
+                 dist: distributed.DistContext | None = None, defer_host_reads: bool | None = None):
         self.method, self.stream, self.cfg, self.seed = method, stream, cfg, seed
         self.device = device
         self.tracker = tracker or NullTracker()
@@ -131,6 +92,10 @@ class Trainer:
         self.dist = dist
         if dist is not None and not dist.is_main:
             self.tracker, self.validate, self.progress = NullTracker(), None, False
+        # On CUDA a step must not wait for the device (finite.py); under torchrun the all-reduced
+        # loss is read back anyway, so those runs keep the host's decision.
+        self.defer_host_reads = (device.type == "cuda" and dist is None) if defer_host_reads is None \
+            else defer_host_reads
 
     def step_context(self, step: int, images_seen: int) -> Step:
         """Fresh generators for step `step` (noise drawn on the training device) and its progress."""
@@ -187,6 +152,7 @@ class Trainer:
         optimizer = self.method.make_optimizer(model, self.cfg)  # the paper's Adam unless the method says
         ema = copy.deepcopy(model).eval().requires_grad_(False) if self.cfg.ema_decay else None
         state = self._restore(checkpoint_path, model, optimizer, ema)
+        self.guard = self._skip_guard(optimizer, state)
         stepped = self._distributed(model)  # the model itself, or its DDP view
         budget, cfg = self.cfg.budget_images, self.cfg
         clock = Clock(state.seconds)
@@ -199,7 +165,7 @@ class Trainer:
                 bar.update(out.images)
                 done = state.images_seen >= budget
                 if done or crossed(before, state.images_seen, cfg.batch_size * LOG_EVERY_STEPS):
-                    self._log(out, optimizer, state, bar)
+                    self._log(out, optimizer, state, bar, clock)
                 if self.validate is not None and (done or crossed(before, state.images_seen,
                                                                   cfg.validate_every_images)):
                     with clock.paused():
@@ -208,10 +174,19 @@ class Trainer:
                 if checkpoint_path is not None and (done or crossed(before, state.images_seen,
                                                                     cfg.checkpoint_every_images)):
                     with clock.paused():
+                        self.guard.settle(state)  # the skip counters, as saved
                         self._refuse_non_finite(model, ema, state)  # never checkpointed, never scored
                         self._save(checkpoint_path, model, optimizer, ema, state)
+        self.guard.settle(state)
         self._refuse_non_finite(model, ema, state)
         return (ema or model).eval(), state
+
+    def _skip_guard(self, optimizer, state: TrainState):
+        """How non-finite steps are skipped: decided on the device when asked and the optimizer can
+        obey a device flag (the default Adam is fused on CUDA), else on the host (finite.py)."""
+        if self.defer_host_reads and DeviceSkip.supports(optimizer):
+            return DeviceSkip(self.cfg.max_consecutive_skips, state, self.device)
+        return HostSkip(self.cfg.max_consecutive_skips)
 
     def _refuse_non_finite(self, model, ema, state: TrainState) -> None:
         """Stop a run whose weights (or their average) are no longer finite: saving or scoring them
@@ -234,14 +209,15 @@ class Trainer:
         return tqdm(total=self.cfg.budget_images, initial=state.images_seen, unit="img", leave=False,
                     disable=not self.progress, desc="train", dynamic_ncols=True)
 
-    def _log(self, out: StepOutput, optimizer, state: TrainState, bar) -> None:
-        """Metrics against images seen; reading the loss back is the only host sync it costs."""
-        loss = out.loss_value()
+    def _log(self, out: StepOutput, optimizer, state: TrainState, bar, clock: Clock) -> None:
+        """Metrics against images seen: the loss, the method's logs and the skip counters come back
+        from the device in one read, the only host sync a logged step costs."""
+        loss, *logs = self.guard.settle(state, [out.loss, *out.logs.values()])
+        state.seconds = clock.seconds()  # after the read-back, so that queued CUDA work is counted
         bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
         self.tracker.log_metrics(
             {"train_loss": loss, "lr": optimizer.param_groups[0]["lr"], "skipped_steps": state.skipped_steps,
-             "images_per_s": state.images_seen / max(state.seconds, 1e-9),
-             **{name: float(value) for name, value in out.logs.items()}},
+             "images_per_s": state.images_seen / max(state.seconds, 1e-9), **dict(zip(out.logs, logs))},
             step=state.images_seen,
         )
 
@@ -274,22 +250,9 @@ class Trainer:
         # made the weights non-finite, since their loss is then NaN too (and _refuse_non_finite
         # stops such a run at its next checkpoint at the latest). Under DDP only the all-reduced
         # gradients, identical on every rank, decide, so that all ranks skip together.
-        if not grads_are_finite(model, out.loss if self.dist is None else None):
-            state.skipped_steps += 1
-            state.consecutive_skips += 1
-            if state.consecutive_skips >= self.cfg.max_consecutive_skips:
-                raise TrainingDiverged(
-                    f"{state.consecutive_skips} consecutive steps had a non-finite gradient or loss at "
-                    f"{state.images_seen} images; lower train.lr or check the data"
-                )
-            return StepOutput(n, torch.tensor(float("nan")), {})
-        state.consecutive_skips = 0
-        optimizer.step()
-        if ema is not None:
-            with torch.no_grad():
-                decay = self.method.ema_decay(self.cfg.ema_decay, step)
-                torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
-        loss = out.loss.detach()
-        if self.dist is not None:
+        decay = self.method.ema_decay(self.cfg.ema_decay, step) if ema is not None else 0.0
+        skipped = state.skipped_steps
+        loss = self.guard.step(model, optimizer, ema, out.loss, decay, state, decide_on_loss=self.dist is None)
+        if self.dist is not None and state.skipped_steps == skipped:  # every rank took the step
             loss = torch.tensor(distributed.mean_over_ranks(loss))  # the global batch's loss
         return StepOutput(n, loss, out.logs)
