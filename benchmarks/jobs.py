@@ -11,6 +11,9 @@ folder's lock (n2n_core/train/checkpoint.py run_folder_lock), and one whose fold
 whose RUNNING run belongs to a live process, is "busy" (reported as running elsewhere). Every run
 records the host and process that own it, so a run a SIGKILL left RUNNING can be marked KILLED
 by the next grid (close_orphans).
+
+Why one long module: it is one job's whole life (identity tags, who owns a RUNNING run, train and
+log, skip/resume/fail) that every executor shares; split, the executors would import each other.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import dataclasses
 import hashlib
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -446,13 +450,42 @@ def _init_worker(threads: int, progress_queue=None) -> None:
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = str(threads)
     torch.set_num_threads(threads)
+    # the grid's SIGTERM, or a terminal's Ctrl-C (it reaches every process of the group; also when
+    # the grid was started with SIGINT ignored): unwind like Ctrl-C
+    signal.signal(signal.SIGTERM, _stop_worker)
+    signal.signal(signal.SIGINT, _stop_worker)
+
+
+_stopping = False  # set in a worker by the grid's SIGTERM: it takes no further job
+
+
+def _stop_worker(signum, frame):
+    global _stopping
+    _stopping = True
+    for name in (signal.SIGTERM, signal.SIGINT):  # one is enough: let the job mark its run KILLED
+        signal.signal(name, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def _attempt_in_worker(attempt: Attempt, variant: str, config_json: str, eval_id: str | None):
     # the configuration travels as JSON: an external method's class is imported again from its
     # recorded file in the worker (a pickled instance of it would not unpickle there)
+    if _stopping:  # a job the pool had queued before the grid stopped
+        raise KeyboardInterrupt
     job = Job(variant, ExperimentConfig.model_validate_json(config_json), eval_id)
     return attempt(job)
+
+
+def _stop_workers(pool) -> None:
+    """SIGTERM every live worker of `pool`: each running job marks its run KILLED and keeps its
+    checkpoint, as a job stopped by Ctrl-C does. The pool has no public way to stop a call that is
+    running (cancel only reaches queued ones), hence its private process table."""
+    for process in list(getattr(pool, "_processes", {}).values()):
+        if process.is_alive():
+            try:
+                os.kill(process.pid, signal.SIGTERM)
+            except ProcessLookupError:  # it ended meanwhile
+                pass
 
 
 def run_parallel(jobs: Iterable[Job], attempt: Attempt, workers: int = 2,
@@ -502,7 +535,9 @@ def run_parallel(jobs: Iterable[Job], attempt: Attempt, workers: int = 2,
                     except Exception as err:  # the worker process died (killed, out of memory)
                         outcome = ("failed", f"{type(err).__name__}: {err}")
                     yield job, outcome
-        except BaseException:
+        except BaseException:  # Ctrl-C or SIGTERM of the grid: stop the running jobs too
             for future in pending:
                 future.cancel()
+            _stop_workers(pool)
+            pool.shutdown(wait=True, cancel_futures=True)
             raise

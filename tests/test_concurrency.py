@@ -185,6 +185,28 @@ def test_grid_stopped_by_sigkill_then_sigterm_marks_runs_killed_and_resumes(tmp_
     assert len(finished) == 1 and finished[0].data.metrics["images_seen"] == 32
 
 
+def test_parallel_grid_stopped_by_sigterm_stops_its_running_jobs(tmp_path, data_dir):
+    # --jobs 2: the jobs train in pool workers; SIGTERM reaches the grid only, which must stop them
+    # (before: it waited for both to train to the end of their budgets). Budgets far longer than
+    # the test, so only a stop can end the command in time.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [*grid_args(tmp_path, "n2c,n2n"), "--jobs", "2", "--set", "train.budget_images=100000"]
+    grid = Cli(tmp_path, "parallel", args, 0, data_dir)
+    for variant in ("n2c", "n2n"):
+        wait_for_checkpoint(f"runs/{variant}-*/checkpoint.pt", tmp_path, grid)
+    grid.proc.send_signal(signal.SIGTERM)
+    started = time.time()
+    assert grid.wait() == 143, grid.stderr[-3000:]
+    assert time.time() - started < 60, "the running jobs must stop, not train to their budgets"
+    statuses = {r.data.tags["variant"]: r.info.status for r in child_runs(uri)}
+    assert statuses == {"n2c": "KILLED", "n2n": "KILLED"}, statuses
+    checkpoints = sorted((tmp_path / "runs").glob("*/checkpoint.pt"))
+    written = [p.stat().st_mtime_ns for p in checkpoints]
+    time.sleep(2)
+    assert [p.stat().st_mtime_ns for p in checkpoints] == written, "no worker may train on after the grid"
+    assert all(0 < torch.load(p, weights_only=True)["images_seen"] < 100000 for p in checkpoints)
+
+
 def test_train_interrupted_by_ctrl_c_keeps_its_checkpoint_and_resumes(tmp_path, data_dir):
     out = tmp_path / "run"
     args = ["train", *N2C, *TINY, "--out", out, "--json"]
