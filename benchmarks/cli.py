@@ -5,6 +5,9 @@ line on stderr with exit code 2, never as a traceback. Ctrl-C and SIGTERM (what 
 Ray and `docker stop` send) stop a command the same way: the last checkpoint is kept, MLflow runs
 are marked KILLED, the last line says how far training got and how to resume, and the exit code
 is 130 (SIGINT) or 143 (SIGTERM), as a shell reports a process killed by that signal.
+
+Why one long module: it declares all eight commands (options, help texts, examples), the whole
+user-visible surface in one place; the work itself is in the modules the commands call.
 """
 
 from __future__ import annotations
@@ -198,7 +201,7 @@ def evaluate(
     dataset: Optional[str] = typer.Option(None, help="kodak24, bsd300, bsd300-train, set14, small32, folder:PATH "
                                           "(or a plain folder), course32:DIR (default: the checkpoint's first "
                                           "evaluation set, else kodak24)"),
-    method: str = typer.Option("noisy", help="a training-free method (noisy, cbm3d)"),
+    method: str = typer.Option("noisy", help="a training-free method (noisy, cbm3d, or path/to/file.py:ClassName)"),
     checkpoint: Optional[Path] = typer.Option(None, help="score a trained checkpoint instead, with its run's "
                                               "evaluation settings unless the options below say otherwise"),
     repeats: Optional[int] = typer.Option(None, min=1, help="evaluations per image (default: the run's, else 1)"),
@@ -242,7 +245,8 @@ def evaluate(
     "n2n-bench train --method n2c --noise gaussian25 --config run.toml --tracking-uri http://mlflow:5000"))
 @friendly_errors
 def train(
-    method: str = typer.Option(..., help="method variant (n2c, n2v, ssdn-known, ...) or method name"),
+    method: str = typer.Option(..., help="method variant (n2c, n2v, ssdn-known, ...), method name, or your own "
+                               "method: path/to/file.py:ClassName or package.module:ClassName (README 'Adding a method')"),
     noise: str = typer.Option(..., help="noise style, e.g. gaussian25"),
     profile: str = typer.Option("quick", help="smoke, quick, reproduction or paper"),
     overrides: list[str] = typer.Option([], "--set", help="section.key=value, e.g. train.lr=1e-4"),
@@ -251,7 +255,8 @@ def train(
     data_dir: Optional[Path] = typer.Option(None, help="data directory (default $N2N_DATA)"),
     json_out: bool = typer.Option(False, "--json", help="last stdout line: one JSON object"),
     nproc: int = typer.Option(1, min=1, help="data-parallel processes (torchrun; one per GPU on CUDA)"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default $MLFLOW_TRACKING_URI, else mlflow.db of the home "
+                                               "folder: $N2N_HOME, the project, or the per-user data folder; README 'Where files go')"),
     track: bool = typer.Option(True, envvar="N2N_TRACK", help="log the run to MLflow and score it, as a grid job "
                                "(--no-track: train only, nothing logged)"),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with train, eval, data and method sections: "
@@ -365,7 +370,8 @@ def _print_store(tracking_uri: Optional[str], what: str) -> None:
 def grid(
     noise: Optional[str] = typer.Option(None, help="noise style, e.g. gaussian25 (with --table paper: all when omitted)"),
     profile: Optional[str] = typer.Option(None, help="smoke, quick, reproduction, paper (default: quick on CPU)"),
-    methods: Optional[str] = typer.Option(None, help="comma-separated subset of the grid's variants, or path/to/m.py:Class"),
+    methods: Optional[str] = typer.Option(None, help="comma-separated subset of the grid's variants, path/to/m.py:Class "
+                                          "or an installed plugin's name (n2n-bench list methods)"),
     table: str = typer.Option("default", help="default (grid.toml's variants) or paper (the released experiment list)"),
     overrides: list[str] = typer.Option([], "--set", help="section.key=value for every job"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default $MLFLOW_TRACKING_URI, else mlflow.db of the project)"),
@@ -465,7 +471,7 @@ def list_(
     "n2n-bench sweep --method course-bn-dropout --noise gaussian25 --axis train.batch_size=32,64,128 --axis method.loss=l1,l2"))
 @friendly_errors
 def sweep(
-    method: str = typer.Option(..., help="method variant, e.g. course-bn-dropout"),
+    method: str = typer.Option(..., help="method variant, e.g. course-bn-dropout, or path/to/file.py:ClassName"),
     noise: str = typer.Option(..., help="noise style, e.g. gaussian25"),
     axes: list[str] = typer.Option(..., "--axis", help="section.key=v1,v2,... (repeat: the cells are the product)"),
     profile: str = typer.Option("quick", help="smoke, quick, reproduction or paper"),
@@ -526,12 +532,15 @@ def denoise(
     out: Path = typer.Option(..., help="folder for the outputs (same file names; JPEG and others written as PNG)"),
     checkpoint: Optional[Path] = typer.Option(None, help="a trained run's checkpoint.pt"),
     run: Optional[str] = typer.Option(None, "--run", help="an MLflow run id (its checkpoint is found in its run folder or artefacts)"),
-    method: Optional[str] = typer.Option(None, help="a training-free method instead (cbm3d, noisy); needs --noise"),
+    method: Optional[str] = typer.Option(None, help="a training-free method instead (cbm3d, noisy); needs --noise, or --level "
+                                         "alone for Gaussian noise"),
     noise: Optional[str] = typer.Option(None, help="noise style (default: the run's), e.g. gaussian25"),
     level: Optional[float] = typer.Option(None, help="noise level in the style's units: Gaussian std 0-255, Poisson λ, impulse % "
-                                          "(default: estimated where the method estimates it, else the style's fixed level)"),
+                                          "(default: estimated where the method estimates it, else the style's fixed level); "
+                                          "with --method and no --noise, a Gaussian std (--level 25: gaussian25)"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI for --run (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI for --run (default $MLFLOW_TRACKING_URI, else mlflow.db of the "
+                                               "home folder: $N2N_HOME, the project, or the per-user data folder)"),
 ) -> None:
     """Denoise your own noisy images with a trained run or a training-free method.
 

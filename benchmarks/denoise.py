@@ -20,7 +20,8 @@ The noise level `--level` is in the style's own units: Gaussian standard deviati
 scale of the full range (whatever the bit depth), Poisson λ, impulse percent. Without it, a method
 that estimates the level (`Method.image_estimate`, e.g. SSDN with sigma constant or per_image)
 estimates it per image and the estimate is printed; otherwise a fixed-level style's level is used
-(gaussian25: 25) and a variable-level style needs `--level`.
+(gaussian25: 25) and a variable-level style needs `--level`. A training-free `--method` given
+`--level` without `--noise` denoises Gaussian noise of that level (`--level 25`: gaussian25).
 """
 
 from __future__ import annotations
@@ -183,17 +184,30 @@ def checkpoint_of_run(run_id: str, tracking_uri: str | None, scratch: Path) -> P
         ) from None
 
 
+def bare_level_noise(method: str, level: float | None) -> str:
+    """The noise style of a training-free method given --level but no --noise: Gaussian noise of
+    that standard deviation on the 0-255 scale (--level 25 → gaussian25), the noise CBM3D is for."""
+    if level is None:
+        raise ConfigError(f"--method {method} needs --noise (e.g. --noise gaussian25 or poisson30) or a "
+                          "Gaussian --level (std on the 0-255 scale, e.g. --level 25)")
+    if not level > 0:
+        raise ConfigError(f"--level {level:g} without --noise is a Gaussian std on the 0-255 scale and must be "
+                          "> 0, e.g. --level 25")
+    return "gaussian" + np.format_float_positional(level, trim="-")
+
+
 def load_denoiser(*, checkpoint: Path | None, run: str | None, method: str | None, noise: str | None,
-                  tracking_uri: str | None, device: torch.device, scratch: Path) -> Loaded:
-    """A trained run's method and network (--checkpoint or --run), or a training-free method."""
+                  tracking_uri: str | None, device: torch.device, scratch: Path,
+                  level: float | None = None) -> Loaded:
+    """A trained run's method and network (--checkpoint or --run), or a training-free method
+    (its noise from --noise, else Gaussian at --level: bare_level_noise)."""
     if sum(x is not None for x in (checkpoint, run, method)) != 1:
         raise ConfigError("pass exactly one of --checkpoint PATH, --run RUN_ID or --method NAME "
-                          "(a training-free method such as cbm3d, with --noise)")
+                          "(a training-free method such as cbm3d, with --noise or a Gaussian --level)")
     if method is not None:
         from .compose import compose_config
 
-        if noise is None:
-            raise ConfigError(f"--method {method} needs --noise, e.g. --noise gaussian25")
+        noise = noise if noise is not None else bare_level_noise(method, level)
         cfg = compose_config("evaluate", method, noise)
         built = build_method(cfg.method, parse_style(noise), cfg.data.channels, cfg.method_source)
         if built.trainable:
@@ -276,7 +290,7 @@ def denoise_command(*, inputs: list[Path], out: Path, checkpoint: Path | None, r
     torch_device = resolve_device(device)
     with tempfile.TemporaryDirectory(prefix="n2n-denoise-") as scratch:
         loaded = load_denoiser(checkpoint=checkpoint, run=run, method=method, noise=noise,
-                               tracking_uri=tracking_uri, device=torch_device, scratch=Path(scratch))
+                               tracking_uri=tracking_uri, device=torch_device, scratch=Path(scratch), level=level)
         return denoise_files(loaded, inputs, out, level, torch_device, say)
 
 

@@ -8,10 +8,14 @@ under a file lock beside it (`mlflow.db.lock`), and a store left half-migrated b
 named as such with the way out. Every HTTP request to a tracking server has an overall deadline
 (`$N2N_TRACKING_DEADLINE` seconds, default 120), so a server that trickles bytes cannot hang a
 command: MLflow's own timeout applies per read, not per request.
+
+Why one long module: it is the only module that talks to MLflow (opening and locking the store,
+the per-request deadline, the Tracker), which keeps MLflow out of every other module.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -65,9 +69,12 @@ class NoFinishedRuns(N2NError):
     """The store holds no finished run to report on."""
 
 
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+
+
 def default_tracking_uri() -> str:
     """$MLFLOW_TRACKING_URI, else the embedded SQLite store `mlflow.db` in benchmarks.paths.home()."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.store_path()}"
+    return os.environ.get(TRACKING_URI_ENV) or f"sqlite:///{paths.store_path()}"
 
 
 def sqlite_file(uri: str) -> Path | None:
@@ -342,20 +349,44 @@ def log_network(client, experiment_id: str, run_id: str, network, signature_chan
     c_in, c_out = signature_channels
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, c_in, -1, -1))]),
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, c_out, -1, -1))]))
-    previous_uri, quiet = mlflow.get_tracking_uri(), logging.getLogger("mlflow.pytorch")
+    quiet = logging.getLogger("mlflow.pytorch")
     level = quiet.level
     try:
-        mlflow.set_tracking_uri(client.tracking_uri)
         quiet.setLevel(logging.ERROR)  # its pickle-format warning is the docstring's last sentence
-        logged = client.create_logged_model(experiment_id, name="network", source_run_id=run_id)
-        info = mlflow.pytorch.log_model(network, name="network", signature=signature, metadata=dict(metadata),
-                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                                        serialization_format="pickle", run_id=run_id,
-                                        model_id=logged.model_id, step=step)
+        with _global_tracking_uri(client.tracking_uri):
+            logged = client.create_logged_model(experiment_id, name="network", source_run_id=run_id)
+            info = mlflow.pytorch.log_model(network, name="network", signature=signature, metadata=dict(metadata),
+                                            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                                            serialization_format="pickle", run_id=run_id,
+                                            model_id=logged.model_id, step=step)
     finally:
         quiet.setLevel(level)
-        mlflow.set_tracking_uri(previous_uri)
     return info.model_uri
+
+
+@contextlib.contextmanager
+def _global_tracking_uri(uri: str):
+    """MLflow's global tracking URI set to `uri` inside, and afterwards exactly as it was.
+
+    mlflow.pytorch.log_model logs through the global URI (it takes no client). Restoring it with
+    `mlflow.set_tracking_uri(mlflow.get_tracking_uri())` is not the same: when nothing had set one,
+    get_tracking_uri() returns MLflow's default, the current folder's sqlite:///mlflow.db, and
+    set_tracking_uri writes it into $MLFLOW_TRACKING_URI, which default_tracking_uri() then takes
+    for the user's choice. So both the environment variable and MLflow's own global are put back.
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as uri_state
+
+    saved_env, saved_global = os.environ.get(TRACKING_URI_ENV), uri_state._tracking_uri
+    try:
+        mlflow.set_tracking_uri(uri)
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_global)  # None unsets it (and the variable) again
+        if saved_env is None:
+            os.environ.pop(TRACKING_URI_ENV, None)
+        else:
+            os.environ[TRACKING_URI_ENV] = saved_env
 
 
 class MlflowTracker:

@@ -109,6 +109,20 @@ def test_poisson_output_beats_noisy():
     assert psnr_uint8(out, cleans[0]) > psnr_uint8(noisy, cleans[0]) + 3
 
 
+@pytest.mark.parametrize("kind, level", [("gaussian", 25 / 255), ("poisson", 30.0)])
+def test_a_grey_picture_in_three_equal_channels_is_denoised_not_nan(kind, level):
+    """bm3d_rgb returns NaN for it (its colour transform divides by the zero chroma range); the
+    single-channel bm3d path gives a finite grey result that beats the noisy input."""
+    clean = smooth_image(32)[0].double().numpy()
+    generator = np.random.default_rng(6)
+    grey = clean + generator.normal(0, level, clean.shape) if kind == "gaussian" else generator.poisson(level * clean) / level
+    out = cb.denoise_array(np.repeat(grey[..., None], 3, axis=2), kind, level)
+    assert out.shape == (32, 32, 3) and np.isfinite(out).all()
+    assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 0], out[..., 2])
+    mse = lambda a: float(np.mean((a - clean) ** 2))  # noqa: E731
+    assert mse(out[..., 0]) < mse(grey) / 2  # 3 dB better than the input, at least
+
+
 def test_pool_of_two_matches_serial(gaussian_run):
     items, _, serial, _ = gaussian_run
     pooled = cbm3d(workers=2).denoise_many(None, items, torch.device("cpu"))  # no cache: real run

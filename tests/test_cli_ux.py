@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -162,16 +163,15 @@ def test_train_logs_a_run_like_a_grid_job_and_reruns_do_not_log_twice(tracked, d
 def test_the_logged_network_loads_with_mlflow_pytorch_and_matches_the_checkpoint(tracked):
     import mlflow
 
+    from benchmarks.mlflow_tracker import _global_tracking_uri
     from benchmarks.scoring import load_trained
 
     run = mlflow.MlflowClient(tracked["uri"]).get_run(tracked["first"]["mlflow_run_id"])
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracked["uri"])
-    try:
+    # not set_tracking_uri(previous): that would leave MLflow's cwd default in $MLFLOW_TRACKING_URI
+    # for every later test of this process
+    with _global_tracking_uri(tracked["uri"]):
         network = mlflow.pytorch.load_model(run.data.tags["network_model_uri"])
         info = mlflow.models.get_model_info(run.data.tags["network_model_uri"])
-    finally:
-        mlflow.set_tracking_uri(previous)
     _, _, reference = load_trained(tracked["tmp"] / "run" / "checkpoint.pt", torch.device("cpu"))
     x = torch.rand(2, 3, 32, 32, generator=make_generator(7))
     with torch.no_grad():
@@ -222,6 +222,48 @@ def test_denoise_finds_a_runs_checkpoint_by_its_run_id(tracked, tmp_path):
     assert missing.exit_code == 2 and "no run" in missing.output
 
 
+def test_without_tracking_uri_train_and_grid_use_the_home_store_from_any_folder(tmp_path, monkeypatch):
+    """No --tracking-uri, started in a folder that is not the home: the runs go to <home>/mlflow.db,
+    the commands say so, and the grid's report finds its finished runs. (Logging the trained network
+    once left MLflow's cwd-relative default in $MLFLOW_TRACKING_URI, and the store resolved after it
+    was the current folder's.)"""
+    import os
+
+    import mlflow.tracking._tracking_service.utils as mlflow_uri_state
+
+    from benchmarks.mlflow_tracker import open_store
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "x")  # recorded as unset, so undo removes a leaked value
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setattr(mlflow_uri_state, "_tracking_uri", None)  # MLflow's own global, restored after
+    sets = [a for o in TINY for a in ("--set", o)]
+    env = {"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.5"}
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("N2N_HOME", str(home))
+    store = f"sqlite:///{(home / 'mlflow.db').resolve()}"
+    trained = runner.invoke(app, ["train", "--method", "n2c", "--noise", "gaussian25", "--profile", "smoke",
+                                  *sets, "--track"], env=env)
+    assert trained.exit_code == 0, trained.output
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # the process environment is as it was
+    run_id = re.search(r"MLflow run (\w+) in the MLflow store (\S+);", trained.output)
+    assert run_id and run_id.group(2) == store, trained.output
+    client, _ = open_store(store)
+    assert client.get_run(run_id.group(1)).info.status == "FINISHED"
+
+    # another budget, so that the grid trains (and logs a network) itself instead of finding train's run
+    grid = runner.invoke(app, ["grid", "--noise", "gaussian25", "--profile", "smoke", "--methods", "n2c", *sets,
+                               "--set", "train.budget_images=4"], env=env)
+    assert grid.exit_code == 0, grid.output
+    assert "1 ran, 0 already finished" in grid.output and "| n2c |" in grid.output  # the report found it
+    assert (home / "results" / "psnr-gaussian25-smoke.md").is_file()
+    assert f"mlflow ui --backend-store-uri sqlite:///{(home / 'mlflow.db').resolve()}" in grid.output
+    assert not list(elsewhere.iterdir())  # nothing in the current folder
+
+
 def test_version_and_lists():
     from importlib import metadata
 
@@ -258,8 +300,12 @@ def test_every_help_has_examples_and_uncut_defaults(command):
     for line in examples:  # each example is a command the parser accepts (up to its placeholders)
         assert line.strip().split()[1] == command
     assert "…" not in result.output  # nothing cut with an ellipsis
+    text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.output).split())  # the table's cells, rejoined
     if command == "train":
-        assert "[default: quick]" in result.output and "(default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)" in result.output
+        assert "[default: quick]" in result.output
+    if command in ("train", "denoise"):  # the store's real default (benchmarks/paths.py), not MLflow's cwd one
+        assert "(default $MLFLOW_TRACKING_URI, else mlflow.db of the home folder: $N2N_HOME, the project, " \
+               "or the per-user data folder" in text and "sqlite:///mlflow.db" not in text
 
 
 def test_a_plain_folder_is_a_data_set_and_the_error_suggests_folder(tmp_path):

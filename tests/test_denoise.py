@@ -112,14 +112,23 @@ def test_blindspot_checkpoint_is_tiled_as_the_evaluator_tiles_it(tmp_path):
     assert "estimated" in lines[0] and math.isclose(printed, 255 * float(estimate[0]), rel_tol=1e-3)
 
 
-def test_cbm3d_writes_the_file_and_removes_noise(tmp_path):
-    clean = np.tile(np.linspace(30, 220, 32), (32, 1))[..., None].repeat(3, axis=2)
+@pytest.mark.parametrize("channels, noise_args", [
+    (3, ["--noise", "gaussian25", "--level", "25"]),
+    (3, ["--level", "25"]),  # the command: a bare --level is Gaussian noise of that std
+    (1, ["--noise", "gaussian25", "--level", "25"]),  # grey: bm3d's single-channel path, not NaN (black)
+])
+def test_cbm3d_writes_the_file_and_removes_noise(tmp_path, channels, noise_args):
+    clean = np.tile(np.linspace(30, 220, 32), (32, 1))
+    clean = clean[..., None].repeat(3, axis=2) if channels == 3 else clean
     noisy = np.clip(np.round(clean + np.random.default_rng(5).normal(0, 25, clean.shape)), 0, 255).astype(np.uint8)
     Image.fromarray(noisy).save(tmp_path / "noisy.png")
-    result = runner.invoke(app, ["denoise", "--method", "cbm3d", "--noise", "gaussian25", "--level", "25",
+    result = runner.invoke(app, ["denoise", "--method", "cbm3d", *noise_args,
                                  str(tmp_path / "noisy.png"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    out = np.asarray(Image.open(tmp_path / "out" / "noisy.png")).astype(float)
+    assert "gaussian level 25 std on the 0-255 scale, given" in result.output
+    written = Image.open(tmp_path / "out" / "noisy.png")
+    assert written.mode == ("RGB" if channels == 3 else "L")
+    out = np.asarray(written).astype(float)
     assert out.shape == noisy.shape
     mse = lambda a: float(np.mean((a - clean) ** 2))  # noqa: E731
     assert mse(out) < mse(noisy.astype(float)) / 4  # 6 dB better than the input, at least
@@ -127,6 +136,8 @@ def test_cbm3d_writes_the_file_and_removes_noise(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--method", "noisy", "--noise", "gaussian5_50"], "needs --level"),
+    (["--method", "cbm3d"], "needs --noise (e.g. --noise gaussian25 or poisson30) or a Gaussian --level"),
+    (["--method", "cbm3d", "--level", "0"], "without --noise is a Gaussian std on the 0-255 scale and must be > 0"),
     (["--method", "noisy", "--noise", "gaussian25", "--level", "-3"], "must be ≥ 0"),
     (["--method", "n2c", "--noise", "gaussian25"], "must be trained first"),
     (["--noise", "gaussian25"], "exactly one of"),

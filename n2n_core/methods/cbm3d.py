@@ -28,7 +28,10 @@ Poisson noise (y = Poisson(λx)/λ)
     5. divide by λ.
 
 Impulse noise and greyscale data (data.channels=1) are refused at configuration time: BM3D models
-additive Gaussian noise only, and bm3d_rgb takes RGB images.
+additive Gaussian noise only, and bm3d_rgb takes RGB images. A greyscale picture given as RGB
+(three equal channels, as `n2n-bench denoise` passes a grey file) goes through bm3d's
+single-channel `bm3d.bm3d` with the same sigma: bm3d_rgb's colour transform would divide by the
+zero range of its chroma channels and return NaN.
 
 Parallelism and determinism
     Images are independent, so `denoise_many` runs them in a pool of worker processes
@@ -53,6 +56,9 @@ Cache
 
 Licence: bm3d is for non-commercial use only; it is a registry dependency (pyproject.toml) and
 none of its files are copied here.
+
+Why one long module: this one method needs the whole BM3D pipeline (import guard, Anscombe
+transform, a deterministic worker pool and its sizing, the result cache); this docstring is its spec.
 """
 
 from __future__ import annotations
@@ -178,16 +184,27 @@ def denoise_array(z: np.ndarray, kind: str, level: float, profile: str = "np",
     prof = make_profile(bm3d, profile)
     z = np.asarray(z, dtype=np.float64)
     if kind == "gaussian":
-        out = bm3d.bm3d_rgb(z, float(level), profile=prof, colorspace=colour_space)
+        out = _bm3d_colour_or_grey(bm3d, z, float(level), prof, colour_space)
     elif kind == "poisson":
         lam = float(level)
         d = anscombe(lam * z)
         low, span = float(d.min()), max(float(d.max() - d.min()), 1e-12)
-        t = bm3d.bm3d_rgb((d - low) / span, 1.0 / span, profile=prof, colorspace=colour_space)
+        t = _bm3d_colour_or_grey(bm3d, (d - low) / span, 1.0 / span, prof, colour_space)
         out = inverse_anscombe_unbiased(np.asarray(t) * span + low) / lam
     else:
         raise ConfigError(f"cbm3d cannot model {kind} noise")
     return np.asarray(out, dtype=np.float32)
+
+
+def _bm3d_colour_or_grey(bm3d, z: np.ndarray, sigma: float, prof, colour_space: str) -> np.ndarray:
+    """bm3d_rgb of an (h, w, 3) image; a grey picture given as three equal channels goes through
+    bm3d's single-channel bm3d() instead, its result copied into the three channels: bm3d_rgb
+    divides each transformed channel by its range, which is zero for a grey picture's chroma
+    channels, and returns NaN (an all-black output once quantised)."""
+    if np.array_equal(z[..., 0], z[..., 1]) and np.array_equal(z[..., 0], z[..., 2]):
+        grey = np.asarray(bm3d.bm3d(z[..., 0], sigma, profile=prof)).reshape(z.shape[:2])
+        return np.repeat(grey[..., None], 3, axis=2)
+    return bm3d.bm3d_rgb(z, sigma, profile=prof, colorspace=colour_space)
 
 
 def _bm3d_job(z: np.ndarray, kind: str, level: float, profile: str, colour_space: str) -> np.ndarray:
