@@ -6,7 +6,7 @@ crops of the 24 Kodak images, ×1) once on whole images and once per tile stride
 Writes `results/perf/blindspot-scoring-<noise>-p<patch>.md|.csv` with PSNR, seconds per image and
 ratios against tiles at stride tile/2; the rows come from the runs and timings of this one process.
 
-    N2N_DATA=... .venv/bin/python benchmarks/perf/bench_blindspot_scoring.py --patch 128
+    N2N_DATA=... .venv/bin/python benchmarks/perf/bench_blindspot_scoring.py --patch 128 --budget-images 500
     N2N_DATA=... .venv/bin/python benchmarks/perf/bench_blindspot_scoring.py --variants ssdn-known,ssdn-mu \\
         --strides 0.5,0.625,0.75,1.0
 """
@@ -65,6 +65,9 @@ def main() -> None:
     parser.add_argument("--noise", default="gaussian25")
     parser.add_argument("--patch", type=int, default=64, help="training crop side (quick: 64)")
     parser.add_argument("--strides", default="0.5", help="tile strides as fractions of the tile")
+    parser.add_argument("--budget-images", type=int, default=None,
+                        help="training budget (default: the quick profile's); e.g. 500 at --patch 128 "
+                             "is the quick profile's pixel budget (2000 crops of 64²)")
     parser.add_argument("--runs", type=Path, default=PROJECT_ROOT / "runs")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "perf")
     args = parser.parse_args()
@@ -73,6 +76,8 @@ def main() -> None:
     rows = []
     for variant in args.variants.split(","):
         overrides = [f"train.patch_size={args.patch}"] if args.patch != 64 else []
+        if args.budget_images is not None:
+            overrides.append(f"train.budget_images={args.budget_images}")
         cfg = compose_config("quick", variant, args.noise, overrides)
         folder = run_dir(variant, cfg, args.runs)
         result = train(cfg, folder, data_dir=data_dir, progress=False)
@@ -94,10 +99,12 @@ def main() -> None:
     csv = table.to_csv(index=False, float_format="%.4f")
     atomic_write(stem.with_suffix(".csv"), lambda tmp: tmp.write_text(csv))
     text = (f"Blind-spot scoring on the quick profile's evaluation inputs (central 256² Kodak crops ×1), "
-            f"{args.noise}, trained on {args.patch}² crops (quick budget); one process, "
+            f"{args.noise}, trained on {args.patch}² crops ({cfg.train.budget_images} images, batch "
+            f"{cfg.train.batch_size}); one process, "
             f"{torch.get_num_threads()} threads, load average {load:.1f} at the end. Command: "
             f"`benchmarks/perf/bench_blindspot_scoring.py --variants {args.variants} --noise {args.noise} "
-            f"--patch {args.patch} --strides {args.strides}`.\n\n")
+            f"--patch {args.patch} --strides {args.strides}"
+            + (f" --budget-images {args.budget_images}" if args.budget_images is not None else "") + "`.\n\n")
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |"
               for row in table.itertuples(index=False)]
