@@ -27,8 +27,11 @@ def set_label(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def score_all(result: TrainResult, out_dir: Path, data_dir: Path, progress: bool = True) -> dict[str, EvalResult]:
-    """Score on every evaluation set of the config (keyed by set_label); saved and reused on rerun."""
+def score_all(result: TrainResult, out_dir: Path, data_dir: Path, progress: bool = True,
+              method_logs: dict[str, dict[str, float]] | None = None) -> dict[str, EvalResult]:
+    """Score on every evaluation set of the config (keyed by set_label); saved and reused on rerun.
+
+    method_logs, if given, receives each freshly scored set's `Method.take_eval_logs()`."""
     cfg = result.config
     device = resolve_device(cfg.train.device)
     scores = {}
@@ -56,6 +59,9 @@ def score_all(result: TrainResult, out_dir: Path, data_dir: Path, progress: bool
         finally:
             for bar in bars:
                 bar.close()
+        logs = result.method.take_eval_logs()
+        if method_logs is not None and logs:
+            method_logs[label] = logs
         write_per_image_csv(scores[label], out_dir / f"psnr-{label}.csv")
         atomic_write(saved, lambda tmp, r=scores[label]: tmp.write_text(eval_result_to_json(r)))
     if cfg.eval.sets:

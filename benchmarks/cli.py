@@ -223,7 +223,7 @@ def evaluate(
         noise=noise, dataset=_dataset_name(dataset), method=method, checkpoint=checkpoint,
         repeats=repeats, seed=seed, device=device, data_dir=_data_dir(data_dir),
         progress=sys.stderr.isatty() or not json_out, center_crop=center_crop, max_images=max_images,
-        save_outputs=save_outputs,
+        save_outputs=writable_folder(save_outputs, "--save-outputs") if save_outputs is not None else None,
     )
     if summary.get("saved_outputs"):
         typer.echo(f"saved noisy inputs and outputs in {summary['saved_outputs']}, "

@@ -30,7 +30,7 @@ from .compose import CONFIG_DIR, compose_config, variant_name
 from . import jobs as jobs_module
 from .jobs import (Attempt, Job, check_jobs, close_orphans, finished_run, git_commit, process_tags, run_local,
                    run_parallel)
-from .mlflow_tracker import EXPERIMENT, default_tracking_uri, open_store
+from .mlflow_tracker import EXPERIMENT, default_tracking_uri, open_store, store_errors
 
 GRID_FILE = CONFIG_DIR / "grid.toml"
 PAPER_FILE = CONFIG_DIR / "paper.toml"  # the released code's experiment list (config_lst)
@@ -207,15 +207,18 @@ def run_grid(noise: str | None, profile: str, methods: list[str] | None = None, 
     runs_root = runs_root or paths.runs_root()
     tracking_uri = tracking_uri or default_tracking_uri()
     jobs, left_out = select_jobs(noise, profile, methods, overrides, table)  # bad input: nothing written
-    here = executor is run_local or getattr(executor, "func", None) is run_parallel  # Ray nodes have their own devices
+    # an executor says whether its jobs run on this machine (Ray nodes have their own devices)
+    here = getattr(getattr(executor, "func", executor), "runs_here", False)
     check_jobs(jobs, data_dir, check_device=here)  # a grid wrong for every job: refused, nothing written
     client, experiment_id = open_store(tracking_uri)  # before any compute: unreachable → one error
     outcome = GridOutcome(not_applicable=left_out)
     label = parse_style(noise).style if noise else "all"
-    outcome.closed = close_orphans(client, experiment_id, jobs, label, profile)
-    parent = client.create_run(experiment_id, run_name=f"grid {table if table != 'default' else ''} {label} {profile}".replace("  ", " "),
-                               tags={"grid": "1", "noise": label, "profile": profile, "table": table,
-                                     "git_commit": git_commit(), **process_tags()})
+    name = f"grid {table if table != 'default' else ''} {label} {profile}".replace("  ", " ")
+    with store_errors(tracking_uri):  # the grid's first writes: a full disk is one line, not a traceback
+        outcome.closed = close_orphans(client, experiment_id, jobs, label, profile)
+        parent = client.create_run(experiment_id, run_name=name,
+                                   tags={"grid": "1", "noise": label, "profile": profile, "table": table,
+                                         "git_commit": git_commit(), **process_tags()})
     parent_id = parent.info.run_id
     attempt = Attempt(tracking_uri, EXPERIMENT, parent_id, Path(runs_root).resolve(),
                       Path(data_dir).resolve(), progress)

@@ -47,7 +47,8 @@ from n2n_core.train.checkpoint import RunFolderBusy, checkpoint_progress, run_fo
 
 from . import artefacts, paths, training
 from .compose import run_dir
-from .mlflow_tracker import MlflowTracker, TrackingError, log_network, open_store, start_system_metrics
+from .mlflow_tracker import (MlflowTracker, TrackingError, log_network, open_store, start_system_metrics,
+                             store_errors)
 
 
 # Called with a job's images seen whenever it logs (in this process only): `run_grid` points it at
@@ -254,7 +255,8 @@ def run_job(client, experiment_id: str, parent_id: str | None, job: Job, runs_ro
     out_dir = Path(out_dir) if out_dir is not None else run_dir(job.variant, cfg, runs_root)
     tags = {**({"mlflow.parentRunId": parent_id} if parent_id else {}), **job_tags(job, data_dir),
             "run_dir": str(out_dir.resolve()), **process_tags()}
-    run = client.create_run(experiment_id, run_name=run_name(job), tags=tags)
+    with store_errors(client.tracking_uri):  # a store on a full disk: one line, not a traceback
+        run = client.create_run(experiment_id, run_name=run_name(job), tags=tags)
     hook = progress_hook  # the grid's display: (variant, images seen) as the job trains
     tracker = MlflowTracker(client, run.info.run_id,
                             on_step=None if hook is None else lambda seen: hook(job.variant, seen))
@@ -280,7 +282,10 @@ def run_job(client, experiment_id: str, parent_id: str | None, job: Job, runs_ro
             monitor.finish()
             monitor = None
         tracker.flush()
-        scores = artefacts.score_all(result, out_dir, data_dir, progress=progress)
+        method_logs: dict[str, dict[str, float]] = {}
+        scores = artefacts.score_all(result, out_dir, data_dir, progress=progress, method_logs=method_logs)
+        tracker.log_metrics({f"{key}_{name}": value for name, logs in method_logs.items()
+                             for key, value in logs.items()}, step=result.images_seen)
         # the final scores, logged once, at the last step: MLflow also shows them as the model's metrics
         tracker.log_metrics({f"psnr_{name}": evaluation.psnr_mean for name, evaluation in scores.items()},
                             step=result.images_seen)
@@ -467,7 +472,8 @@ def _stop_worker(signum, frame):
     raise KeyboardInterrupt
 
 
-def _attempt_in_worker(attempt: Attempt, variant: str, config_json: str, eval_id: str | None):
+def attempt_from_json(attempt: Attempt, variant: str, config_json: str, eval_id: str | None):
+    """The attempt of one job sent to another process as plain data (a pool worker, a Ray task)."""
     # the configuration travels as JSON: an external method's class is imported again from its
     # recorded file in the worker (a pickled instance of it would not unpickle there)
     if _stopping:  # a job the pool had queued before the grid stopped
@@ -522,7 +528,7 @@ def run_parallel(jobs: Iterable[Job], attempt: Attempt, workers: int = 2,
 
     with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context,
                              initializer=_init_worker, initargs=(threads, queue)) as pool:
-        pending = {pool.submit(_attempt_in_worker, attempt, job.variant, job.config.model_dump_json(),
+        pending = {pool.submit(attempt_from_json, attempt, job.variant, job.config.model_dump_json(),
                                job.eval_id): job for job in todo}
         try:
             while pending:
@@ -541,3 +547,7 @@ def run_parallel(jobs: Iterable[Job], attempt: Attempt, workers: int = 2,
             _stop_workers(pool)
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+run_local.runs_here = True  # its jobs use this machine's device (the grid checks it, measures its rate)
+run_parallel.runs_here = True

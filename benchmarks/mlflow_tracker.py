@@ -108,7 +108,8 @@ def _store_error(uri: str, err: Exception) -> TrackingError:
     text, db = str(err), sqlite_file(uri)
     if is_disk_full(text):
         return TrackingError(f"the tracking store {uri} is on a full disk ({first_line(err, 200)}); free "
-                             "some disk space, then rerun the same command")
+                             "some disk space, or pass --tracking-uri with a store on a disk that has room, "
+                             "then rerun the same command")
     if DEADLINE_ENV in text:  # our overall deadline ended the request (_with_deadline)
         return TrackingError(f"tracking server {uri} sent no complete answer within {request_deadline():g} s "
                              f"(overloaded, or trickling bytes); check it, or raise {DEADLINE_ENV}")
@@ -123,6 +124,18 @@ def _store_error(uri: str, err: Exception) -> TrackingError:
         f"tracking server {uri} is unreachable or unusable ({first_line(err, 200)}); start it, fix "
         "--tracking-uri / MLFLOW_TRACKING_URI, or leave both unset for the local sqlite store"
     )
+
+
+@contextlib.contextmanager
+def store_errors(uri: str):
+    """A store call after open_store (creating a run) that fails becomes open_store's one line: a
+    store on a full disk still opens, since opening only reads, and fails at its first write."""
+    try:
+        yield
+    except N2NError:
+        raise
+    except Exception as err:  # MLflow's exceptions: disk full, server gone, deadline...
+        raise _store_error(uri, err) from None
 
 
 def _store_lock(db: Path):

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 from n2n_core.errors import N2NError, first_line
 
-from .jobs import Attempt, Job
+from .jobs import Attempt, Job, attempt_from_json
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0", ""}
 FORWARDED_ENV = ("N2N_", "MLFLOW_")  # data locations and tracking credentials reach the workers
@@ -92,9 +92,11 @@ def connect(tracking_uri: str, address: str | None) -> bool:
     return started
 
 
-def _run_attempt(attempt: Attempt, job: Job) -> tuple[str, str]:
-    """One Ray task: the attempt opens the tracking store on this node and runs the job."""
-    return attempt(job)
+def _run_attempt(attempt: Attempt, variant: str, config_json: str, eval_id: str | None) -> tuple[str, str]:
+    """One Ray task: the attempt opens the tracking store on this node and runs the job, rebuilt
+    from its JSON configuration (an external method's class is imported again from its recorded
+    file on the node; a pickled Job holding it would not unpickle there)."""
+    return attempt_from_json(attempt, variant, config_json, eval_id)
 
 
 def run_ray(jobs: list[Job], attempt: Attempt, address: str | None = None,
@@ -116,7 +118,7 @@ def run_ray(jobs: list[Job], attempt: Attempt, address: str | None = None,
             if attempt.finished(job):
                 yield job, ("skipped", "")
             else:
-                pending[task.remote(attempt, job)] = job
+                pending[task.remote(attempt, job.variant, job.config.model_dump_json(), job.eval_id)] = job
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:

@@ -67,6 +67,28 @@ def make_denoiser(method: Method, model, device: torch.device, cfg: ExperimentCo
     return many
 
 
+class NonFiniteOutput(N2NError):
+    """A denoised image holding NaN or inf: refused, never scored."""
+
+
+def refuse_non_finite(denoise, name: str, dataset: str):
+    """`denoise` with every output checked where it is scored (cropped back to its image): quantising
+    NaN to uint8 gives a plausible PSNR (zs-n2n at method.lr=inf scored 6.39 dB), so refuse it."""
+
+    def checked(items):
+        outputs = denoise(items)
+        for item, output in zip(items, outputs):
+            if not torch.isfinite(output[..., : item.height, : item.width]).all():
+                raise NonFiniteOutput(
+                    f"{name} returned a denoised image that is not finite (NaN or inf) for image "
+                    f"{item.image_id} of {dataset} (repeat {item.repeat}), so nothing is scored: its fit or "
+                    "training diverged (lower train.lr, or method.lr where the method has one) or its "
+                    "denoise is broken")
+        return outputs
+
+    return checked
+
+
 def _deleted_method_file(raw: str) -> str | None:
     """The external method file a run's configuration records, when that file no longer exists."""
     tree = json.loads(raw)
@@ -122,7 +144,8 @@ def evaluate_model(method: Method, model, cfg: ExperimentConfig, dataset: str, n
     evaluator = make_evaluator(resolve_set(dataset, data_dir, cfg.data.channels), noise_model, seed=cfg.eval.seed,
                                repeats=repeats or cfg.eval.repeats_for(dataset),
                                center_crop=cfg.eval.center_crop, max_images=cfg.eval.max_images)
-    denoise = make_denoiser(method, model, device, cfg)
+    # checked before on_output: a refused output is never saved either
+    denoise = refuse_non_finite(make_denoiser(method, model, device, cfg), cfg.method.name, dataset)
     if on_output is not None:
         plain = denoise
 

@@ -8,18 +8,19 @@ live:
 | report paths from hostile tags / metric names | test_report_never_writes_outside_out_for_hostile_names, test_report_refuses_a_link_that_leads_out_of_out |
 | LaTeX injection | test_latex_table_escapes_tag_and_parameter_text |
 | report with nothing to report | test_report_without_finished_runs_is_one_line_and_creates_nothing |
-| lr=inf, lr=1e38, gaussian0, 16-bit / float images, --out a file, absurd patch size, data dir that cannot be made | test_round_two_catalogue |
+| lr=inf, lr=1e38 (train.lr, zs-n2n's method.lr), gaussian0, 16-bit / float images, --out or --save-outputs a file, absurd patch size, data dir that cannot be made | test_round_two_catalogue |
 | decompression bomb | test_decompression_bomb_is_one_line |
 | the depth of an image file | test_bit_depth_reads_the_depth_the_file_was_written_with |
 | paths that do not depend on the current folder | test_default_paths_do_not_depend_on_the_current_folder |
 | a wheel installed non-editable | .ci/check_install.sh (run by .ci/run) |
 | non-finite loss skipped | test_non_finite_loss_with_finite_gradients_is_skipped |
 | non-finite weights never saved nor scored | test_weights_that_overflow_stop_the_run_before_they_are_saved, test_checkpoint_with_non_finite_weights_is_not_scored |
+| non-finite output never scored (evaluate, grid job) | test_output_that_is_not_finite_is_refused_and_nothing_is_saved, test_grid_job_whose_output_is_not_finite_fails_and_is_not_scored |
 | unfinished checkpoint scored | test_unfinished_checkpoint_is_scored_with_a_warning_and_says_so_in_json |
 | valid JSON only | test_json_line_writes_non_finite_numbers_as_null |
 | read-only folder, clean-up failing too | test_read_only_folder_reports_the_write_error_not_the_cleanup_error |
 | grid wrong for every job | test_grid_wrong_for_every_job_is_refused_before_any_store_exists |
-| tracking store on a full disk | test_tracking_store_on_a_full_disk_says_disk_full |
+| tracking store on a full disk | test_tracking_store_on_a_full_disk_says_disk_full (mid-job), test_tracking_store_already_on_a_full_disk_says_so_when_a_run_is_created |
 | half-migrated store | test_half_migrated_store_is_named_with_the_way_out |
 | server that trickles bytes | test_tracking_server_trickling_bytes_cannot_hang_a_command |
 
@@ -161,12 +162,21 @@ def _images(folder: Path, kind: str) -> Path:
     return folder
 
 
+def _zs_n2n_grid(t: Path) -> list:
+    return ["grid", "--noise", "gaussian25", "--profile", "smoke", "--methods", "zs-n2n", "--set",
+            "method.iterations=5", "--tracking-uri", f"sqlite:///{t / 'grid.db'}", "--out", t / "r",
+            "--runs-dir", t / "runs"]
+
+
 # case → (command line built from tmp_path, words the one error line must hold)
 CATALOGUE = {
     "lr-infinite": (lambda t: ["train", *N2C, *SMALL, "--set", "train.lr=inf", "--out", t / "run"],
                     ["train.lr", "finite number"]),
     "lr-overflows-adam": (lambda t: ["train", *N2C, *SMALL, "--set", "train.lr=1e38", "--out", t / "run"],
                           ["train.lr", "less than or equal to 10"]),
+    "zs-n2n-lr-infinite": (lambda t: [*_zs_n2n_grid(t), "--set", "method.lr=inf"], ["method.lr", "finite number"]),
+    "zs-n2n-lr-too-large": (lambda t: [*_zs_n2n_grid(t), "--set", "method.lr=1e38"],
+                            ["method.lr", "less than or equal to 10"]),
     "zero-noise-level": (lambda t: ["evaluate", "--noise", "gaussian0", "--json"],
                          ["'gaussian0' has a level of zero", "use a level > 0"]),
     "png-16-bit": (lambda t: ["evaluate", "--noise", "gaussian25", "--dataset", f"folder:{_images(t / 'in', 'png16')}"],
@@ -184,6 +194,11 @@ CATALOGUE = {
                               ["--out", "is a file, not a folder"]),
     "report-out-is-a-file": (lambda t: ["report", "--tracking-uri", f"sqlite:///{t / 'none.db'}", "--out", t / "file"],
                              ["--out", "is a file, not a folder"]),
+    "save-outputs-is-a-file": (lambda t: ["evaluate", "--noise", "gaussian25", *SCORE, "--save-outputs", t / "file"],
+                               ["--save-outputs", "is a file, not a folder"]),
+    "save-outputs-under-a-file": (lambda t: ["evaluate", "--noise", "gaussian25", *SCORE,
+                                             "--save-outputs", t / "file" / "saved"],
+                                  ["--save-outputs", "is a file, not a folder"]),
     "absurd-patch-size": (lambda t: ["train", *N2C, "--set", "train.patch_size=1048576", "--out", t / "run"],
                           ["train.patch_size=1048576", "would need about", "PiB", "or less"]),
     "data-dir-cannot-be-made": (lambda t: ["download", "kodak24", "--data-dir", "/dev/null/x"],
@@ -345,6 +360,59 @@ def test_checkpoint_with_non_finite_weights_is_not_scored(trained, tmp_path):
     assert "nan.pt holds weights that are not finite" in line and "retrain with a lower train.lr" in line
 
 
+NAN_METHOD = '''"""A training-free method whose every output is NaN, as a fit that diverged returns."""
+from typing import Literal
+
+import torch
+
+from n2n_core.methods import Method, MethodConfigBase
+
+
+class NanOut(Method):
+    trainable = False
+
+    class Config(MethodConfigBase):
+        name: Literal["nan-out"] = "nan-out"
+
+    def build_model(self, rng):
+        return None
+
+    def denoise(self, model, batch):
+        return torch.full_like(batch.noisy, float("nan"))
+'''
+
+
+def _nan_method(folder: Path) -> str:
+    (folder / "nan_out.py").write_text(NAN_METHOD)
+    return f"{folder / 'nan_out.py'}:NanOut"
+
+
+def test_output_that_is_not_finite_is_refused_and_nothing_is_saved(tmp_path, data_dir):
+    # quantised to uint8, NaN scored a plausible 6.39 dB (zs-n2n with method.lr=inf)
+    saved = tmp_path / "saved"
+    line = one_error_line(invoke(["evaluate", "--method", _nan_method(tmp_path), "--noise", "gaussian25", *SCORE,
+                                  "--save-outputs", saved, "--data-dir", data_dir, "--json"]))
+    assert "nan-out returned a denoised image that is not finite (NaN or inf) for image kodim01 of kodak24" in line
+    assert "nothing is scored" in line and "method.lr" in line
+    assert [p for p in saved.rglob("*") if p.is_file()] == [], "an output or a CSV of the refused run was written"
+
+
+def test_grid_job_whose_output_is_not_finite_fails_and_is_not_scored(tmp_path, data_dir):
+    from benchmarks.grid import run_grid
+
+    uri = f"sqlite:///{tmp_path / 'grid.db'}"
+    overrides = [o for o in TINY_GRID if o != "--set"]
+    outcome = run_grid("gaussian25", "smoke", ["noisy", _nan_method(tmp_path)], overrides, uri,
+                       runs_root=tmp_path / "runs", data_dir=data_dir, progress=False)
+    assert outcome.ran == ["noisy"], outcome
+    assert outcome.failed["nan-out"].startswith("NonFiniteOutput: nan-out returned a denoised image that is not "
+                                                "finite"), outcome.failed
+    assert list((tmp_path / "runs").glob("nan-out-*/scores-*.json")) == []
+    client, experiment_id = open_store(uri)
+    (run,) = client.search_runs([experiment_id], filter_string="tags.variant = 'nan-out'")
+    assert run.info.status == "FAILED" and not any(k.startswith("psnr_") for k in run.data.metrics)
+
+
 def test_unfinished_checkpoint_is_scored_with_a_warning_and_says_so_in_json(trained, tmp_path):
     unfinished = tmp_path / "checkpoint.pt"
     unfinished.write_bytes((trained / "checkpoint.pt.prev").read_bytes())  # the checkpoint at 4 of 8
@@ -438,6 +506,28 @@ def test_tracking_store_on_a_full_disk_says_disk_full(tmp_path, data_dir, monkey
     assert why.startswith("TrackingError: the tracking store's disk is full"), why
     assert "free some disk space, then rerun the same command to log them" in why
     assert "stopped answering" not in why
+
+
+@pytest.mark.parametrize("command", ["grid", "train"])
+def test_tracking_store_already_on_a_full_disk_says_so_when_a_run_is_created(command, tmp_path, data_dir,
+                                                                            monkeypatch):
+    # the store opens (opening reads), then its first write, creating the run, meets the full disk
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'full.db'}"
+    open_store(uri)
+    full = _real_disk_full_error()
+
+    def refuse(*args, **kwargs):
+        raise full
+
+    monkeypatch.setattr(MlflowClient, "create_run", refuse)
+    args = {"grid": ["grid", "--noise", "gaussian25", "--profile", "smoke", "--methods", "noisy", *TINY_GRID,
+                     "--runs-dir", tmp_path / "runs", "--out", tmp_path / "results"],
+            "train": ["train", *N2C, *SMALL, "--track", "--out", tmp_path / "run"]}[command]
+    line = one_error_line(invoke([*args, "--tracking-uri", uri, "--data-dir", data_dir]))
+    assert f"the tracking store {uri} is on a full disk (" in line and "database or disk is full" in line, line
+    assert "free some disk space, or pass --tracking-uri with a store on a disk that has room" in line
 
 
 def test_half_migrated_store_is_named_with_the_way_out(tmp_path):

@@ -225,9 +225,13 @@ def test_the_runner_fits_each_scored_image_once_and_times_the_scoring(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     started = time.perf_counter()
-    scores = artefacts.score_all(TrainResult(None, 0, 0, 0.0, None, method, cfg), out, tmp_path, progress=False)
+    logs = {}
+    scores = artefacts.score_all(TrainResult(None, 0, 0, 0.0, None, method, cfg), out, tmp_path, progress=False,
+                                 method_logs=logs)
     elapsed = time.perf_counter() - started
     (score,) = scores.values()
     assert len(fits) == score.n_evaluations == 2
     assert 0 < score.seconds <= elapsed
+    (label,) = scores
+    assert logs[label]["images"] == 2 and 0 < logs[label]["seconds_per_image"] <= score.seconds
     assert (out / f"crop-{next(iter(scores))}-denoised.png").exists()

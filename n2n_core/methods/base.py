@@ -122,6 +122,8 @@ class Method:
                           "(course32:DIR) only trains the course variants as N2N (method.target=\"n2n\")")
 
     def loss(self, model: nn.Module, pair: TrainingPair) -> LossOutput:
+        """The training loss of one pair, a 0-dim tensor the trainer backpropagates, with any
+        numbers to log beside it (`LossOutput.logs`, 0-dim tensors: read back only when logging)."""
         raise NotImplementedError
 
     def make_optimizer(self, model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
@@ -136,6 +138,11 @@ class Method:
         return decay
 
     # --- evaluation -------------------------------------------------------------------------
+    def take_eval_logs(self) -> dict[str, float]:
+        """Numbers about the evaluations since the last call, then forgotten (zs-n2n: its fits'
+        seconds and final loss); a grid job logs each as the metric `<key>_<set>`. Default: none."""
+        return {}
+
     def image_estimate(self, model: nn.Module | None, batch: NoisyBatch) -> Tensor | None:
         """What this method estimates once per whole (padded) image, (N,), for every tile of it
         to share as `batch.estimate` in `denoise` (SSDN: its noise level); None: nothing."""

@@ -68,8 +68,9 @@ class ZSN2NConfig(MethodConfigBase):
     name: Literal["zs-n2n"] = "zs-n2n"
     iterations: int = Field(2000, ge=1)
     """Adam steps per image (the notebook: 2000; some copies of it: 3000)."""
-    lr: float = Field(1e-3, gt=0)
-    """Adam's initial learning rate."""
+    lr: float = Field(1e-3, gt=0, le=10.0, allow_inf_nan=False)
+    """Adam's initial learning rate; finite and at most 10, as train.lr (n2n_core.config.MAX_LR,
+    not imported: config imports the methods): lr=inf made every weight NaN, silently scored."""
     lr_step: int = Field(1500, ge=1)
     """The learning rate is multiplied by lr_gamma every lr_step steps (the notebook: 1500)."""
     lr_gamma: float = Field(0.5, gt=0, le=1)
