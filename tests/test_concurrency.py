@@ -4,11 +4,14 @@ Every test starts the real command line in subprocesses (test_hardening.SLOW_CLI
 sleep per training step and per scored image, so that the processes overlap and a signal lands
 mid-run on any machine) against real SQLite stores, and checks what the store and the run folders
 hold afterwards. N2N_HOME points every process at a folder of the test, so none of them touches the
-project's README, runs/ or mlflow.db.
+project's README, runs/ or mlflow.db. The processes are forked from conftest's zygote, which has
+done their imports once (conftest.start_command); a run that no signal reaches (a rerun that
+resumes) runs in the test's own process.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -21,7 +24,7 @@ import pytest
 import torch
 
 from benchmarks.mlflow_tracker import open_store
-from conftest import REPO
+from conftest import REPO, empty_store, start_command
 from test_hardening import SLOW_CLI
 
 TINY = ["--set", "train.budget_images=32", "--set", "train.patch_size=32", "--set", "train.validation_images=0",
@@ -31,23 +34,18 @@ TIMEOUT = 300
 pytestmark = pytest.mark.timeout(2 * TIMEOUT)  # a few seconds each on an idle machine; a loaded one is slower
 
 
-def _default_sigint() -> None:
-    # a job a non-interactive shell started in the background inherits SIGINT ignored, and Python
-    # then keeps it ignored; the command under test gets Ctrl-C as a terminal would deliver it
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 class Cli:
-    """The slowed CLI in a subprocess, its stderr in a file (for the lines the test looks for)."""
+    """The slowed CLI in a process of its own (conftest.start_command: forked with its imports done,
+    SIGINT at its default as in a terminal), its stdout and stderr in files (for the lines the test
+    looks for)."""
 
     def __init__(self, tmp_path: Path, name: str, args: list, delay: float, data_dir: Path):
         self.log = tmp_path / f"{name}.stderr"
         env = {**os.environ, "N2N_TEST_DELAY": str(delay), "N2N_HOME": str(tmp_path / "home"),
                "N2N_DATA": str(data_dir)}
-        with open(self.log, "w") as log:
-            self.proc = subprocess.Popen([sys.executable, "-c", SLOW_CLI, *[str(a) for a in args]], cwd=REPO,
-                                         env=env, stdout=subprocess.PIPE, stderr=log, text=True,
-                                         preexec_fn=_default_sigint)
+        self.log.write_text("")
+        (tmp_path / f"{name}.stdout").write_text("")
+        self.proc = start_command(SLOW_CLI, args, env=env, cwd=REPO, stdout=tmp_path / f"{name}.stdout", stderr=self.log)
 
     def wait(self) -> int:
         self.stdout, _ = self.proc.communicate(timeout=TIMEOUT)
@@ -113,15 +111,65 @@ def test_two_grids_at_once_on_a_fresh_store_train_every_job_once(two_grids):
                 assert "is in use by pid" in line or "RUNNING in pid" in line, line
 
 
+# Reports released at the same instant, round after round. Each process runs the report command
+# (in-process, so a round costs no start-up) once to warm up, its first report importing for
+# seconds, then ROUNDS times into the same --out, each round released by a barrier of files once
+# every process is ready, so that their writes overlap in every round, not by luck: two reports
+# merely started together failed the old code (a fixed `<file>.tmp` name) about 1 time in 4, a
+# round released together more than 1 time in 2. Once all are done, process 0 reports alone.
+SAME_TIME_REPORTS = """
+import json, sys, time
+from pathlib import Path
+from typer.testing import CliRunner
+from benchmarks.cli import app
+uri, out, alone, barrier, me, processes, rounds = sys.argv[1:]
+barrier, processes, rounds = Path(barrier), int(processes), int(rounds)
+deadline = time.time() + 240
+
+def report(folder):
+    result = CliRunner().invoke(app, ["report", "--tracking-uri", uri, "--out", folder])
+    if result.exit_code:
+        print(f"report --out {folder}: {result.output.strip()[-500:]}", file=sys.stderr)
+    return result.exit_code
+
+def all_reach(step):
+    (barrier / f"{step}.{me}").touch()
+    while len(list(barrier.glob(f"{step}.*"))) < processes:
+        if time.time() > deadline:
+            sys.exit(f"{step}: the other processes never came")
+        time.sleep(0.001)
+
+report(f"{out}-warm-up-{me}")
+codes = []
+for n in range(rounds):
+    all_reach(f"round{n}")
+    codes.append(report(out))
+all_reach("done")
+print(json.dumps({"rounds": codes, "alone": report(alone) if me == "0" else 0}))
+"""
+PROCESSES, ROUNDS = 2, 4
+
+
 def test_two_reports_at_once_write_what_one_report_writes(two_grids, data_dir):
     tmp_path, _, codes = two_grids
     assert codes == [0, 0]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    both = [Cli(tmp_path, f"report{i}", ["report", "--tracking-uri", uri, "--out", tmp_path / "results"], 0, data_dir)
-            for i in (1, 2)]
-    assert [r.wait() for r in both] == [0, 0], [r.stderr[-2000:] for r in both]
-    alone = Cli(tmp_path, "report-alone", ["report", "--tracking-uri", uri, "--out", tmp_path / "alone"], 0, data_dir)
-    assert alone.wait() == 0, alone.stderr
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    env = {**os.environ, "N2N_HOME": str(tmp_path / "home"), "N2N_DATA": str(data_dir)}
+    logs = [tmp_path / f"reports{k}.stderr" for k in range(PROCESSES)]
+    reporters = []
+    for k, log in enumerate(logs):
+        with open(log, "w") as err:
+            reporters.append(subprocess.Popen(
+                [sys.executable, "-c", SAME_TIME_REPORTS, uri, str(tmp_path / "results"), str(tmp_path / "alone"),
+                 str(barrier), str(k), str(PROCESSES), str(ROUNDS)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                stderr=err, text=True))
+    outputs = [p.communicate(timeout=TIMEOUT)[0] for p in reporters]
+    why = [log.read_text()[-2000:] for log in logs]
+    assert [p.returncode for p in reporters] == [0] * PROCESSES, why
+    assert [json.loads(out.strip().splitlines()[-1]) for out in outputs] == \
+        [{"rounds": [0] * ROUNDS, "alone": 0}] * PROCESSES, why
 
     def files(folder: Path) -> dict[str, bytes]:
         return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -151,8 +199,8 @@ def test_two_trains_on_one_out_second_is_refused_naming_the_first(tmp_path, data
 # ----------------------------------------------------------------------------- stops
 
 
-def test_grid_stopped_by_sigkill_then_sigterm_marks_runs_killed_and_resumes(tmp_path, data_dir):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_grid_stopped_by_sigkill_then_sigterm_marks_runs_killed_and_resumes(tmp_path, data_dir, monkeypatch):
+    uri = empty_store(tmp_path / "mlflow.db")  # the store grid_args names
     args = grid_args(tmp_path, "n2c")
     # 1. SIGKILL mid-training: nothing can close the runs, they stay RUNNING
     killed = Cli(tmp_path, "killed", args, 0.3, data_dir)
@@ -177,10 +225,17 @@ def test_grid_stopped_by_sigkill_then_sigterm_marks_runs_killed_and_resumes(tmp_
     statuses = sorted(r.info.status for r in client.search_runs([experiment_id], max_results=100))
     assert statuses == ["KILLED"] * 4, statuses  # both children and both grid parents
 
-    # 3. the same command again finishes from the kept checkpoint
-    resumed = Cli(tmp_path, "resumed", args, 0, data_dir)
-    assert resumed.wait() == 0, resumed.stderr[-3000:]
-    assert re.search(rf"^resuming n2c from {kept['images_seen']} of 32 images$", resumed.stderr, re.M)
+    # 3. the same command again finishes from the kept checkpoint; no signal is sent to it, so it
+    # runs in this process (CliRunner), sparing a start-up of torch and MLflow
+    from typer.testing import CliRunner
+
+    from benchmarks.cli import app
+
+    monkeypatch.setenv("N2N_HOME", str(tmp_path / "home"))
+    resumed = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    shown = resumed.stderr.replace("\r", "\n")
+    assert resumed.exit_code == 0, shown[-3000:]
+    assert re.search(rf"^resuming n2c from {kept['images_seen']} of 32 images$", shown, re.M), shown[-3000:]
     finished = [r for r in child_runs(uri) if r.info.status == "FINISHED"]
     assert len(finished) == 1 and finished[0].data.metrics["images_seen"] == 32
 
@@ -189,7 +244,7 @@ def test_parallel_grid_stopped_by_sigterm_stops_its_running_jobs(tmp_path, data_
     # --jobs 2: the jobs train in pool workers; SIGTERM reaches the grid only, which must stop them
     # (before: it waited for both to train to the end of their budgets). Budgets far longer than
     # the test, so only a stop can end the command in time.
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = empty_store(tmp_path / "mlflow.db")  # the store grid_args names
     args = [*grid_args(tmp_path, "n2c,n2n"), "--jobs", "2", "--set", "train.budget_images=100000"]
     grid = Cli(tmp_path, "parallel", args, 0, data_dir)
     for variant in ("n2c", "n2n"):
@@ -207,7 +262,7 @@ def test_parallel_grid_stopped_by_sigterm_stops_its_running_jobs(tmp_path, data_
     assert all(0 < torch.load(p, weights_only=True)["images_seen"] < 100000 for p in checkpoints)
 
 
-def test_train_interrupted_by_ctrl_c_keeps_its_checkpoint_and_resumes(tmp_path, data_dir):
+def test_train_interrupted_by_ctrl_c_keeps_its_checkpoint_and_resumes(tmp_path, data_dir, monkeypatch):
     out = tmp_path / "run"
     args = ["train", *N2C, *TINY, "--out", out, "--json"]
     stopped = Cli(tmp_path, "stopped", args, 0.3, data_dir)
@@ -218,7 +273,15 @@ def test_train_interrupted_by_ctrl_c_keeps_its_checkpoint_and_resumes(tmp_path, 
     assert not kept["finished"]
     assert stopped.lines()[-1] == \
         f"n2c: interrupted at {kept['images_seen']} of 32 images; rerun the same command to resume"
-    resumed = Cli(tmp_path, "resumed", args, 0, data_dir)
-    assert resumed.wait() == 0, resumed.stderr[-3000:]
-    assert f"resuming n2c from {kept['images_seen']} of 32 images" in resumed.lines()
+    # the same command again; no signal is sent to it, so it runs in this process (CliRunner),
+    # sparing a start-up of torch and MLflow
+    from typer.testing import CliRunner
+
+    from benchmarks.cli import app
+
+    monkeypatch.setenv("N2N_HOME", str(tmp_path / "home"))
+    resumed = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    shown = [line.strip() for line in resumed.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert resumed.exit_code == 0, shown[-30:]
+    assert f"resuming n2c from {kept['images_seen']} of 32 images" in shown, shown[-30:]
     assert torch.load(out / "checkpoint.pt", weights_only=True)["finished"]

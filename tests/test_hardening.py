@@ -19,9 +19,10 @@ Where each item of the issue is proven; items tested elsewhere are referenced, n
 | pickles that run code | catalogue cases checkpoint-runs-code, course32-runs-code; test_every_torch_load_is_weights_only; test_course.py::test_course32_pickle_carrying_code_is_refused |
 | archive members escaping, sha256 mismatch | test_download.py |
 
-The kill tests start the real command line in a subprocess through SLOW_CLI, which only adds a
-sleep per training step / per scored image so that a kill lands mid-run on any machine, and
-kill it with SIGKILL at a random moment (the seed is in the assertion message).
+The kill tests start the real command line in a process of its own through SLOW_CLI, which only
+adds a sleep per training step / per scored image so that a kill lands mid-run on any machine, and
+kill it with SIGKILL at a random moment (the seed is in the assertion message); the process is
+forked from conftest's zygote, which has done the imports once (conftest.start_command).
 """
 
 from __future__ import annotations
@@ -33,12 +34,9 @@ import json
 import os
 import pickle
 import random
-import select
 import shlex
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -53,7 +51,7 @@ from benchmarks import compose, jobs, scoring, training
 from benchmarks.cli import app
 from benchmarks.grid import run_grid
 from benchmarks.mlflow_tracker import open_store
-from conftest import REPO, free_port, start_mlflow_server
+from conftest import REPO, empty_store, free_port, start_command, start_mlflow_server
 
 N2C = ["--method", "n2c", "--noise", "gaussian25", "--profile", "smoke"]
 SMALL = ["--set", "train.budget_images=8", "--set", "train.patch_size=32", "--set", "train.validation_images=0",
@@ -275,6 +273,10 @@ def test_bad_input_catalogue(world, case, monkeypatch):
         args += [str(a) for a in OUTPUTS[args[0]](out)]
     monkeypatch.chdir(world.root / "cwd")  # anything written relative to the working folder shows up
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a machine with a GPU
+    # no sleeping between the retries of a refused connection (tracking-uri-unreachable): the case
+    # is about the message; that the default retries fail fast is test_runner.py's
+    # test_unreachable_or_malformed_tracking_uri_fails_before_compute
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
     before = digest(world.root)
     line = one_error_line(invoke(args))
     print(f"{case} -> {line}")  # the catalogue's messages: pytest -s -k catalogue
@@ -401,10 +403,10 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(world, tmp_path, re
 # ----------------------------------------------------------------------------- SIGKILL at a random point
 
 
-def _slow_cli(args: list, delay: float, **popen):
+def _slow_cli(args: list, delay: float, stderr: Path):
+    """SLOW_CLI in a process of its own, forked with its imports done (conftest.start_command)."""
     env = {**os.environ, "N2N_TEST_DELAY": str(delay)}
-    return subprocess.Popen([sys.executable, "-c", SLOW_CLI, *[str(a) for a in args]], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, **popen)
+    return start_command(SLOW_CLI, args, env=env, cwd=REPO, stderr=stderr)
 
 
 def test_training_killed_at_a_random_point_resumes_bit_equal(world, tmp_path):
@@ -414,14 +416,12 @@ def test_training_killed_at_a_random_point_resumes_bit_equal(world, tmp_path):
             "--set", "train.validation_images=0", "--set", "train.checkpoint_every_images=8",
             "--data-dir", world.data_dir, "--json"]
     killed = tmp_path / "killed"
-    log = open(tmp_path / "stderr.txt", "w")
-    proc = _slow_cli([*args, "--out", killed], delay=0.15, stderr=log)  # ≥ 0.9 s after the first checkpoint
+    proc = _slow_cli([*args, "--out", killed], delay=0.15, stderr=tmp_path / "stderr.txt")  # ≥ 0.9 s after the first checkpoint
     deadline = time.time() + 300
     while not (killed / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     time.sleep(pause)
     proc.send_signal(signal.SIGKILL)
-    log.close()
     assert proc.wait(timeout=60) == -signal.SIGKILL, \
         f"seed {seed}: the run ended before the kill: {(tmp_path / 'stderr.txt').read_text()[-2000:]}"
     assert not load(killed / "checkpoint.pt")["finished"], f"seed {seed}"
@@ -437,25 +437,22 @@ def test_training_killed_at_a_random_point_resumes_bit_equal(world, tmp_path):
     assert psnr[0] == psnr[1]
 
 
-def test_evaluation_killed_at_a_random_point_reruns_to_the_same_psnr(world):
+def test_evaluation_killed_at_a_random_point_reruns_to_the_same_psnr(world, tmp_path):
     seed = random.randrange(2**32)
     pause = random.Random(seed).uniform(0.0, 0.6)
     args = ["evaluate", "--checkpoint", world.ref / "checkpoint.pt", "--dataset", "kodak24", "--max-images", "6",
             "--center-crop", "64", "--data-dir", world.data_dir]
     reference = last_json(invoke([*args, "--json"]))
-    proc = _slow_cli(args, delay=0.3, stderr=subprocess.PIPE)  # no --json: the progress bar marks the start
+    log = tmp_path / "stderr.txt"
+    proc = _slow_cli(args, delay=0.3, stderr=log)  # no --json: the progress bar marks the start
     shown, deadline = b"", time.time() + 300
-    while b"kodak24" not in shown and time.time() < deadline:  # the bar opens at the first scored image
-        if select.select([proc.stderr], [], [], 1)[0]:
-            chunk = os.read(proc.stderr.fileno(), 4096)
-            if not chunk:
-                break
-            shown += chunk
+    while b"kodak24" not in shown and proc.poll() is None and time.time() < deadline:  # the bar opens at the first scored image
+        time.sleep(0.01)
+        shown = log.read_bytes()
     assert b"kodak24" in shown and proc.poll() is None, f"the evaluation never started: {shown[-500:]!r}"
     time.sleep(pause)  # the first image is scored; five more take at least 1.5 s
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL, f"seed {seed}: the evaluation ended before the kill"
-    proc.stderr.close()
     again = last_json(invoke([*args, "--json"]))
     assert again["psnr_mean"] == reference["psnr_mean"] and again["n_evaluations"] == 6
 
@@ -487,8 +484,7 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(world, tmp_
 def diverging_grid(world):
     """noisy (finishes) and n2c at lr 10, the largest allowed, with no ramp-up (every step after the
     first non-finite) on a SQLite store."""
-    uri = f"sqlite:///{world.root / 'diverging' / 'mlflow.db'}"
-    (world.root / "diverging").mkdir()
+    uri = empty_store(world.root / "diverging" / "mlflow.db")
     overrides = ["train.budget_images=32", "train.patch_size=32", "train.validation_images=0",
                  "train.checkpoint_every_images=8", "train.lr=10", "train.ramp_up=0", "train.max_consecutive_skips=2",
                  "eval.max_images=1", "eval.center_crop=64"]
@@ -544,6 +540,22 @@ def test_tracking_server_going_away_mid_job_never_loses_results_silently(tmp_pat
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(training, "train", server_dies_then_train)
+    # what costs time against a dead server is MLflow's backoff between the retries of each failed
+    # request (4-5 s a request at its default factor): off here, and the requests sent after the
+    # kill counted instead, so the bound below is on what the job does (one bounded attempt per
+    # job, not one per call: MlflowTracker.broken), not on seconds spent sleeping
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")
+    import requests.adapters
+
+    real_send, sent_after = requests.adapters.HTTPAdapter.send, []
+
+    def send(self, request, *args, **kwargs):  # one call per request, its retries below it in urllib3
+        if killed:
+            sent_after.append(f"{request.method} {request.path_url.split('?')[0]}")
+        return real_send(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
     try:
         outcome = run_grid("gaussian25", "smoke", ["n2c"], overrides, uri, runs_root=tmp_path / "runs",
                            data_dir=data_dir, progress=False)
@@ -552,6 +564,9 @@ def test_tracking_server_going_away_mid_job_never_loses_results_silently(tmp_pat
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
     assert seconds < 60, f"the job took {seconds:.0f} s after the server went away"
+    # after the first failed write only the job's and the grid's closing calls (and MLflow's system
+    # metrics monitor) try the server: 4 requests; a tracker that kept sending sends 13 here
+    assert len(sent_after) <= 6, f"{len(sent_after)} requests to the dead server: {sent_after}"
     out_dir = next((tmp_path / "runs").glob("n2c-*"))
     why = outcome.failed["n2c"]
     assert why.startswith("TrackingError: the tracking server stopped answering")

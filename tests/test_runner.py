@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,14 +14,13 @@ import torch
 from benchmarks.grid import run_grid
 from benchmarks.mlflow_tracker import TrackingError, open_store
 from benchmarks.report import build_report
-from conftest import free_port, start_mlflow_server
+from conftest import CLI, empty_store, free_port, start_command, start_mlflow_server
 
 TINY = [
     "train.budget_images=8", "train.patch_size=32", "train.batch_size=4",
     "train.validation_images=1", "train.validate_every_images=4", "train.checkpoint_every_images=4",
     "eval.max_images=1", "eval.center_crop=64",
 ]
-BIN = Path(sys.executable).parent
 
 
 def _child_runs(client, experiment_id):
@@ -37,7 +34,7 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 def test_sqlite_grid_logs_runs_skips_finished_and_report_is_reproducible(tmp_path, data_dir):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = empty_store(tmp_path / "mlflow.db")
     outcome = run_grid("gaussian25", "smoke", ["noisy", "n2c"], TINY, uri, runs_root=tmp_path / "runs",
                        data_dir=data_dir, progress=False)
     assert outcome.ran == ["noisy", "n2c"] and not outcome.failed
@@ -115,34 +112,43 @@ def test_unreachable_or_malformed_tracking_uri_fails_before_compute():
 
 
 def test_grid_killed_mid_job_resumes_and_matches_an_uninterrupted_run(tmp_path, data_dir):
-    cli = [str(BIN / "n2n-bench"), "grid", "--noise", "gaussian25", "--profile", "smoke",
-           "--methods", "n2c", "--no-report"]
+    # the killed grid is the real command in a process of its own (forked with its imports done:
+    # conftest.start_command); the rerun that resumes it and the uninterrupted one are the same
+    # command line run in this process (CliRunner), which spares two start-ups of torch and MLflow.
+    # The killed process trains with this process's torch threads, so that all three runs reduce
+    # floats in the same order.
+    from typer.testing import CliRunner
+
+    from benchmarks.cli import app
+
+    cli = ["grid", "--noise", "gaussian25", "--profile", "smoke", "--methods", "n2c", "--no-report"]
     slow = [*TINY, "train.budget_images=24"]
     args = [a for s in slow for a in ("--set", s)]
-    env = {**os.environ, "N2N_DATA": str(data_dir)}
+    env = {**os.environ, "N2N_DATA": str(data_dir), "OMP_NUM_THREADS": str(torch.get_num_threads())}
 
     def run(name, kill_after_checkpoint=False):
+        if not (tmp_path / f"{name}.db").exists():
+            empty_store(tmp_path / f"{name}.db")
         command = cli + args + ["--tracking-uri", f"sqlite:///{tmp_path / name}.db",
                                 "--runs-dir", str(tmp_path / name)]
         if not kill_after_checkpoint:
-            return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            return CliRunner().invoke(app, command, catch_exceptions=False)
+        proc = start_command(CLI, command, env=env)
         deadline = time.time() + 300
         while time.time() < deadline and not list((tmp_path / name).glob("*/checkpoint.pt")):
-            time.sleep(0.2)
+            time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         return None
 
     run("killed", kill_after_checkpoint=True)
     checkpoint = next((tmp_path / "killed").glob("*/checkpoint.pt"))
-    import torch
-
     assert torch.load(checkpoint, weights_only=True)["images_seen"] < 24
     resumed = run("killed")
-    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming n2c from " in resumed.stderr, resumed.stderr  # it did resume, not start over
     clean = run("clean")
-    assert clean.returncode == 0, clean.stderr
+    assert clean.exit_code == 0, clean.output
 
     def final(name):
         client, experiment_id = open_store(f"sqlite:///{tmp_path / name}.db")
@@ -162,7 +168,7 @@ def test_report_shows_the_newest_finished_run_of_each_variant(tmp_path):
     # hashes; its table row is the newest one, and unfinished runs never count
     from benchmarks.report import finished_job_runs
 
-    client, experiment_id = open_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client, experiment_id = open_store(empty_store(tmp_path / "mlflow.db"))
 
     def run(variant, config_hash, psnr, status="FINISHED"):
         tags = {"variant": variant, "noise": "gaussian25", "profile": "quick", "config_hash": config_hash}
@@ -226,7 +232,7 @@ def test_parallel_jobs_show_their_progress_and_score_as_a_job_run_alone(tmp_path
             pass
 
     monkeypatch.setattr(grid, "tqdm", Bar)
-    both = f"sqlite:///{tmp_path / 'both.db'}"
+    both = empty_store(tmp_path / "both.db")
     outcome = run_grid("gaussian25", "smoke", ["n2c", "n2n"], TINY, both, runs_root=tmp_path / "both",
                        data_dir=data_dir, progress=False, executor=make_executor("local", jobs=2, cores=2))
     assert sorted(outcome.ran) == ["n2c", "n2n"] and not outcome.failed
@@ -235,7 +241,7 @@ def test_parallel_jobs_show_their_progress_and_score_as_a_job_run_alone(tmp_path
     parallel = {r.data.tags["variant"]: r for r in _child_runs(client, experiment_id)}
     assert {r.data.tags["torch_threads"] for r in parallel.values()} == {"1"}
 
-    alone = f"sqlite:///{tmp_path / 'alone.db'}"
+    alone = empty_store(tmp_path / "alone.db")
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
