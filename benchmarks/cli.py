@@ -75,13 +75,11 @@ def _valid_keys(loc: tuple) -> list[str]:
     from pydantic import BaseModel
 
     from n2n_core.config import ExperimentConfig
-    from n2n_core.methods import METHODS
 
+    # (the method section names its own keys: n2n_core.config._method_section)
     section = loc[0] if len(loc) > 1 else None
     field = ExperimentConfig.model_fields.get(section) if section else None
-    if section == "method":
-        models = [cls.Config for cls in METHODS.values()]
-    elif field is not None and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+    if field is not None and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
         models = [field.annotation]
     else:
         models = [ExperimentConfig]

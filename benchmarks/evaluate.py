@@ -20,7 +20,7 @@ from n2n_core.device import resolve_device
 from n2n_core.errors import CheckpointError, ConfigError
 from n2n_core.evaluation.psnr import quantize_uint8
 from n2n_core.train.checkpoint import atomic_write, checkpoint_progress
-from n2n_core.train.trainer import weights_are_finite
+from n2n_core.train.finite import weights_are_finite
 
 from .artefacts import set_label, write_per_image_csv
 from .compose import compose_config

@@ -89,14 +89,6 @@ def refuse_non_finite(denoise, name: str, dataset: str):
     return checked
 
 
-def _deleted_method_file(raw: str) -> str | None:
-    """The external method file a run's configuration records, when that file no longer exists."""
-    tree = json.loads(raw)
-    source = tree.get("method_source") if isinstance(tree, dict) else None
-    where = str(source.get("spec", "")).rpartition(":")[0] if isinstance(source, dict) else ""
-    return where if where.endswith(".py") and not Path(where).is_file() else None
-
-
 def _our_reason(err: Exception) -> N2NError | None:
     """The project's own error (a ConfigError naming the problem and the fix) inside a validation error."""
     causes = [e.get("ctx", {}).get("error") for e in err.errors()] if isinstance(err, ValidationError) else []
@@ -107,11 +99,7 @@ def load_trained(checkpoint: Path, device: torch.device) -> tuple[ExperimentConf
     """Rebuild method and evaluation model (EMA weights when the run kept them) from a checkpoint."""
     saved = load_checkpoint(checkpoint, map_location=device)
     try:
-        raw = saved["meta"]["config"]
-        if gone := _deleted_method_file(raw):
-            raise CheckpointError(f"checkpoint {checkpoint} was trained with the method file {gone}, which no "
-                                  "longer exists; restore it unchanged (its sha256 is part of the run), or train anew")
-        cfg = ExperimentConfig.model_validate_json(raw)
+        cfg = ExperimentConfig.model_validate_json(saved["meta"]["config"])
     except (KeyError, TypeError, ValueError) as err:
         cause = _our_reason(err)  # e.g. the run's method file changed since: say that, not pydantic's title
         detail = f": {first_line(cause)}" if cause else f" carries no valid configuration ({first_line(err)})"

@@ -24,7 +24,8 @@ from n2n_core.methods import build_method, method_config
 from n2n_core.methods.base import LossOutput, Method, MethodConfigBase, TrainingPair
 from n2n_core.noise import parse_style
 from n2n_core.seeding import make_generator
-from n2n_core.train.trainer import Trainer, TrainingDiverged, grads_are_finite
+from n2n_core.train.finite import grads_are_finite
+from n2n_core.train.trainer import Trainer, TrainingDiverged
 
 CPU = torch.device("cpu")
 GAUSS25 = parse_style("gaussian25")

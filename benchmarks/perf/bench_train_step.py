@@ -53,7 +53,7 @@ from n2n_core.networks import BlindSpotUNet, UNet
 from n2n_core.noise import parse_style
 from n2n_core.seeding import derive_seed, make_generator
 from n2n_core.device import keep_freed_memory
-from n2n_core.train.trainer import grads_are_finite
+from n2n_core.train.finite import grads_are_finite
 
 # benchmark key → (method name, config fields)
 METHODS: dict[str, tuple[str, dict]] = {

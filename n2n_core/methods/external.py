@@ -117,7 +117,11 @@ def source_of(spec: str) -> MethodSource:
 
 
 def load_recorded(source: MethodSource):
-    """The class a run recorded; refused when its file changed since (another run, then)."""
+    """The class a run recorded; refused when its file is gone or changed since (another run, then)."""
+    where, _ = _split(source.spec)
+    if where.endswith(".py") and not Path(where).expanduser().is_file():
+        raise ConfigError(f"this run was trained with the method file {where}, which no longer exists; "
+                          "restore it unchanged (its sha256 is part of the run), or train anew")
     cls = load_class(source.spec)
     now = file_sha256(source_file(source.spec))
     if now != source.sha256:

@@ -26,8 +26,7 @@ from ..seeding import derive_seed, make_generator
 from ..tracking import NullTracker, Tracker
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
-from .finite import (DeviceSkip, HostSkip, TrainingDiverged, grads_are_finite,  # noqa: F401 (re-exported)
-                     tensors_are_finite, weights_are_finite)
+from .finite import DeviceSkip, HostSkip, TrainingDiverged, weights_are_finite
 from .schedule import lr_at
 
 
