@@ -340,6 +340,9 @@ class _Zygote:
     def start(self, code: str, args: list, env: dict, cwd: Path, stdout: str, stderr: str) -> Forked:
         import json
 
+        for path in (stdout, stderr):  # the child opens them after it reports its pid: a caller may read them at once
+            if path != os.devnull:
+                Path(path).touch()
         forked, key = Forked(self, stdout), next(self.ids)
         self.starting[key] = forked
         request = {"id": key, "code": code, "args": [str(a) for a in args], "env": {k: str(v) for k, v in env.items()},
