@@ -378,7 +378,8 @@ def grid(
     out: Optional[Path] = typer.Option(None, help="report folder (default results/ of the project)"),
     runs_dir: Optional[Path] = typer.Option(None, help="checkpoints and per-job files (default runs/ of the project)"),
     executor: str = typer.Option("local", help="local (jobs on this machine) or ray (a task per job)"),
-    jobs: int = typer.Option(1, min=1, help="local: jobs at once, each with cores/jobs threads"),
+    jobs: str = typer.Option("auto", help="local: jobs at once, each with cores/jobs threads; auto: one "
+                             "1-thread job per core on a CPU (fastest measured), 1 with CUDA"),
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join, e.g. HEAD:6379 (default: a local Ray)"),
     ray_cpus: float = typer.Option(1, min=0.01, help="CPUs per Ray task where the cluster has no GPU (else 1 GPU)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print one line per job (and whether it is finished); train nothing"),
@@ -390,7 +391,7 @@ def grid(
 ) -> None:
     """Train and score every method variant valid for a noise style; log every run to MLflow."""
     from benchmarks import paths
-    from benchmarks.grid import default_profile, make_executor, plan, run_grid, select_jobs
+    from benchmarks.grid import default_profile, make_executor, parse_jobs, plan, run_grid, select_jobs
 
     profile = profile or default_profile()
     out = writable_folder(out or paths.results_dir(), "--out")
@@ -409,7 +410,7 @@ def grid(
         for name, why in left_out.items():
             typer.echo(f"not applicable: {name} ({why})", err=True)
         return
-    run_on = make_executor(executor, tracking_uri, ray_address, ray_cpus, jobs)  # checked before any write
+    run_on = make_executor(executor, tracking_uri, ray_address, ray_cpus, parse_jobs(jobs))  # checked before any write
     outcome = run_grid(noise, profile, chosen, overrides, tracking_uri, runs_root=runs_dir,
                        data_dir=_data_dir(data_dir), executor=run_on, table=table)
     for name, why in outcome.not_applicable.items():

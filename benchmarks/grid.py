@@ -80,6 +80,37 @@ def expand(noise: str, profile: str, methods: list[str] | None = None,
     return jobs, left_out
 
 
+JOB_MEMORY_BYTES = 3 << 30  # what one local job may need at the quick profile, with room to spare
+
+
+def auto_jobs(cores: int | None = None, available_bytes: int | None = None) -> int:
+    """`--jobs auto`: on a CPU one job per usable core, each with one thread; with CUDA one job.
+
+    On the 2-core development machine a 1-thread step runs at 1.21–1.33× its FLOP floor against
+    1.43–1.58× at 2 threads (benchmarks/perf/README.md), so two 1-thread jobs side by side do more
+    work than one 2-thread job. Jobs on one GPU would only queue on it. Capped at one job per
+    JOB_MEMORY_BYTES of available memory."""
+    if torch.cuda.is_available():
+        return 1
+    import psutil
+
+    from n2n_core.methods.cbm3d import usable_cores
+
+    cores = cores or usable_cores()
+    available = psutil.virtual_memory().available if available_bytes is None else available_bytes
+    return max(1, min(cores, available // JOB_MEMORY_BYTES))
+
+
+def parse_jobs(value: str) -> int:
+    """--jobs: a whole number of at least 1, or auto."""
+    if value.strip().lower() == "auto":
+        return auto_jobs()
+    try:
+        return int(value)
+    except ValueError:
+        raise N2NError(f"--jobs takes a whole number or auto, got {value!r}; e.g. --jobs 2") from None
+
+
 def make_executor(name: str, tracking_uri: str | None = None, ray_address: str | None = None,
                   ray_cpus: float = 1, jobs: int = 1, cores: int | None = None) -> Executor:
     """The executor called `name` with its options; refuses bad combinations before anything is written.
@@ -98,7 +129,7 @@ def make_executor(name: str, tracking_uri: str | None = None, ray_address: str |
         cores = cores or usable_cores()
         if jobs > cores:
             raise N2NError(f"--jobs {jobs} is more than the {cores} usable cores; use --jobs {cores} or fewer")
-        return functools.partial(run_parallel, workers=jobs, threads=cores // jobs)
+        return functools.partial(run_parallel, workers=jobs, cores=cores)
     if name == "ray":
         from . import ray_executor
 

@@ -495,9 +495,10 @@ def _stop_workers(pool) -> None:
 
 
 def run_parallel(jobs: Iterable[Job], attempt: Attempt, workers: int = 2,
-                 threads: int = 1) -> Iterator[tuple[Job, tuple[str, str]]]:
-    """`workers` jobs at once, each in its own process with `threads` threads (workers × threads =
-    the cores given); outcomes in the order jobs finish. Finished jobs are reported without a slot.
+                 cores: int = 2) -> Iterator[tuple[Job, tuple[str, str]]]:
+    """`workers` jobs at once, each in its own process with cores ÷ workers threads (fewer workers,
+    each with more threads, when fewer jobs are left to run); outcomes in the order jobs finish.
+    Finished jobs are reported without a slot.
 
     A standard-library process pool (spawn: no inherited torch thread state); every process writes
     to the one tracking store through its own client.
@@ -526,8 +527,9 @@ def run_parallel(jobs: Iterable[Job], attempt: Attempt, workers: int = 2,
             except Empty:
                 return
 
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context,
-                             initializer=_init_worker, initargs=(threads, queue)) as pool:
+    workers = min(workers, len(todo))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                             initializer=_init_worker, initargs=(max(1, cores // workers), queue)) as pool:
         pending = {pool.submit(attempt_from_json, attempt, job.variant, job.config.model_dump_json(),
                                job.eval_id): job for job in todo}
         try:

@@ -361,7 +361,9 @@ def scoring_note(runs: list[JobRun]) -> str:
     if modes == ["off"]:
         return "blind-spot methods scored on whole images, as the released code"
     if modes == ["auto"]:
-        return f"blind-spot methods scored in overlapping {'/'.join(s + '²' for s in sizes)} tiles of their training crops"
+        strides = sorted({float(r.params.get("eval.blindspot_stride", 0.5)) for r in blind})
+        return (f"blind-spot methods scored in overlapping {'/'.join(s + '²' for s in sizes)} tiles of their "
+                f"training crops, {' or '.join(f'{s:g}' for s in strides)} of a tile apart")
     return "blind-spot methods scored partly in tiles, partly on whole images (see each run's eval.blindspot_tiles)"
 
 

@@ -23,7 +23,7 @@ from n2n_core.data.sets import resolve_set
 from n2n_core.errors import CheckpointError, N2NError, first_line
 from n2n_core.evaluation.paired import make_evaluator
 from n2n_core.evaluation.protocol import EvalRecord, EvalResult
-from n2n_core.evaluation.tiling import denoise_tiled
+from n2n_core.evaluation.tiling import denoise_tiled, tiles_per_call
 from n2n_core.methods import Method, build_method
 from n2n_core.noise import NoisyBatch, parse_style
 from n2n_core.seeding import make_generator
@@ -35,6 +35,11 @@ WHOLE_IMAGE_WARNING_RATIO = 2  # warn when whole-image blind-spot scoring meets 
 def scoring_tile(method: Method, cfg: ExperimentConfig) -> int | None:
     """Tile side for this method's scoring (its training crop), or None for whole images."""
     return cfg.train.patch_size if method.blind_spot and cfg.eval.blindspot_tiles == "auto" else None
+
+
+def scoring_stride(cfg: ExperimentConfig) -> int:
+    """Pixels from one scoring tile to the next (eval.blindspot_stride of the training crop)."""
+    return max(1, round(cfg.eval.blindspot_stride * cfg.train.patch_size))
 
 
 def make_denoiser(method: Method, model, device: torch.device, cfg: ExperimentConfig):
@@ -54,7 +59,8 @@ def make_denoiser(method: Method, model, device: torch.device, cfg: ExperimentCo
         batch = dataclasses.replace(batch, estimate=method.image_estimate(model, batch))
         if tile is None:
             return method.denoise(model, batch)
-        return denoise_tiled(lambda b: method.denoise(model, b), batch, tile)
+        return denoise_tiled(lambda b: method.denoise(model, b), batch, tile, stride=scoring_stride(cfg),
+                             tiles_per_call=tiles_per_call(batch.noisy, tile))
 
     def many(items):
         if tile is None and items:

@@ -119,6 +119,10 @@ class EvalConfig(Frozen):
     tiles of the crop size, keeping each tile's centre (the quick and smoke profiles); 'off' scores
     whole padded images as the released code does (the paper and reproduction profiles; a warning
     when the images are more than twice the crop). docs/methods.md §4."""
+    blindspot_stride: float = Field(0.5, gt=0, le=1)
+    """With blindspot_tiles='auto': the step from one tile to the next as a fraction of the tile
+    (0.5: each pixel kept from a tile whose centre is within a quarter tile; 1: tiles side by side).
+    PSNR against cost per stride: benchmarks/perf/README.md."""
     seed: int = 0
     """Evaluation noise seed: identical noisy inputs for every method."""
 
@@ -226,6 +230,7 @@ class ExperimentConfig(Frozen):
 OMITTED_AT_DEFAULT: dict[str, object] = {
     "method_source": None,
     "data.channels": 3,
+    "eval.blindspot_stride": 0.5,
 }
 
 

@@ -198,8 +198,8 @@ def test_whole_image_scoring_of_a_much_larger_image_warns_once(capsys):
     assert seen == [(1, 3, 128, 128)] * 2 and err.count("warning:") == 1 and "32² crops" in err
     seen, err = score(64, "off")  # 64 = 2 × 32: no warning
     assert seen == [(1, 3, 64, 64)] * 2 and err == ""
-    seen, err = score(128, "auto")  # tiles of the training crop, no warning
-    assert set(seen) == {(8, 3, 32, 32), (1, 3, 32, 32)} and err == ""
+    seen, err = score(128, "auto")  # tiles of the training crop, all 7 × 7 of an image in one call, no warning
+    assert seen == [(49, 3, 32, 32)] * 2 and err == ""
 
 
 def test_eval_defaults():

@@ -13,6 +13,7 @@ import torch
 
 from benchmarks.grid import run_grid
 from benchmarks.mlflow_tracker import TrackingError, open_store
+from n2n_core.errors import N2NError
 from benchmarks.report import build_report
 from conftest import CLI, empty_store, free_port, start_command, start_mlflow_server
 
@@ -241,15 +242,25 @@ def test_parallel_jobs_show_their_progress_and_score_as_a_job_run_alone(tmp_path
     parallel = {r.data.tags["variant"]: r for r in _child_runs(client, experiment_id)}
     assert {r.data.tags["torch_threads"] for r in parallel.values()} == {"1"}
 
+    # the same executor with one job left to run gives that job both cores
     alone = empty_store(tmp_path / "alone.db")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        run_grid("gaussian25", "smoke", ["n2c"], TINY, alone, runs_root=tmp_path / "alone", data_dir=data_dir,
-                 progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    run_grid("gaussian25", "smoke", ["n2c"], TINY, alone, runs_root=tmp_path / "alone", data_dir=data_dir,
+             progress=False, executor=make_executor("local", jobs=2, cores=2))
     client, experiment_id = open_store(alone)
     (single,) = _child_runs(client, experiment_id)
     assert single.data.tags["torch_threads"] == "2"
     assert abs(single.data.metrics["psnr_kodak24"] - parallel["n2c"].data.metrics["psnr_kodak24"]) <= 0.02
+
+
+def test_jobs_auto_is_one_single_thread_job_per_core_on_a_cpu_and_one_on_cuda(monkeypatch):
+    from benchmarks.grid import JOB_MEMORY_BYTES, auto_jobs, parse_jobs
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert auto_jobs(cores=2, available_bytes=20 << 30) == 2
+    assert auto_jobs(cores=16, available_bytes=4 * JOB_MEMORY_BYTES + 1) == 4  # memory caps it
+    assert auto_jobs(cores=4, available_bytes=0) == 1
+    assert parse_jobs("3") == 3
+    with pytest.raises(N2NError, match="--jobs takes a whole number or auto"):
+        parse_jobs("two")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert auto_jobs(cores=16, available_bytes=1 << 40) == 1 and parse_jobs("auto") == 1

@@ -136,6 +136,28 @@ def test_ssdn_tiles_share_the_level_estimated_on_the_whole_image():
     assert not torch.allclose(per_tile, whole.expand(2)), "the test must see tiles that differ"
 
 
+def test_scoring_tiles_step_by_the_configured_fraction_of_the_crop():
+    """eval.blindspot_stride=0.75 with 32² crops: tiles 24 px apart (0, 24, 48, 64 on a 96² image),
+    the output stitched as denoise_tiled does at that stride, one tile per call."""
+    from benchmarks.scoring import make_denoiser
+    from n2n_core.evaluation.protocol import EvalInput
+    from n2n_core.evaluation.tiling import denoise_tiled
+
+    cfg = compose_config("smoke", "ssdn-known", "gaussian25", ["train.patch_size=32", "eval.blindspot_stride=0.75"])
+    method = build_method(cfg.method, parse_style(cfg.noise))
+    model = method.build_model(make_generator(0)).eval()
+    noisy = parse_style("gaussian25").sample(clean_batch(n=1, size=96), make_generator(5))
+    seen = []
+    real = method.denoise
+    method.denoise = lambda m, b: seen.append(len(b.noisy)) or real(m, b)
+    out = make_denoiser(method, model, torch.device("cpu"), cfg)([EvalInput("a", 0, noisy, 96, 96)])[0]
+    assert sum(seen) == 16, "4 × 4 tiles at stride 24"
+    method.denoise = real
+    with torch.inference_mode():
+        want = denoise_tiled(lambda b: real(model, b), noisy, 32, stride=24, tiles_per_call=1)
+    assert torch.allclose(out, want.float(), atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- SSDN
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from n2n_core.evaluation.tiling import denoise_tiled, nearest_tile, tile_starts
+from n2n_core.evaluation.tiling import (ACTIVATION_BYTES_PER_PIXEL, denoise_tiled, nearest_tile, tile_starts,
+                                        tiles_per_call)
 from n2n_core.noise import NoisyBatch
 
 CODE_IMAGE = 1_000_000  # value = image·1e6 + row·1000 + col (exact in float64)
@@ -125,3 +126,11 @@ def test_images_no_larger_than_a_tile_go_through_in_one_call():
     noisy = torch.rand(3, 3, 64, 64)
     out = denoise_tiled(denoiser, NoisyBatch(noisy, torch.zeros(3)), tile=64)
     assert calls == [noisy.shape] and torch.equal(out, noisy * 2)
+
+
+def test_tiles_per_call_is_what_a_quarter_of_the_free_memory_holds():
+    noisy = torch.zeros(2, 3, 256, 256)  # two images: a tile of each per position
+    per_tile = 2 * 64 * 64 * ACTIVATION_BYTES_PER_PIXEL
+    assert tiles_per_call(noisy, 64, free_bytes=4 * 10 * per_tile + 3) == 10
+    assert tiles_per_call(noisy, 64, free_bytes=4 * 10 * per_tile - 1) == 9
+    assert tiles_per_call(noisy, 64, free_bytes=0) == 1  # never none

@@ -28,7 +28,7 @@ from benchmarks.training import train
 from n2n_core.data.images import default_data_dir
 from n2n_core.data.sets import resolve_set
 from n2n_core.evaluation.paired import make_evaluator
-from n2n_core.evaluation.tiling import denoise_tiled
+from n2n_core.evaluation.tiling import denoise_tiled, tile_starts
 from n2n_core.noise import parse_style
 from n2n_core.train.checkpoint import atomic_write
 
@@ -84,8 +84,11 @@ def main() -> None:
         model = result.model.eval()
         for stride in [None, *strides]:
             psnr, per_image, n = score(result.method, model, cfg, data_dir, stride)
+            side = cfg.eval.center_crop  # the quick profile's scored crops are square
+            tiles = 1 if stride is None else len(tile_starts(side, args.patch, max(1, round(stride * args.patch)))) ** 2
             rows.append({"variant": variant, "patch": args.patch,
                          "scoring": "whole" if stride is None else f"tiles, stride {stride:g}·tile",
+                         "tiles_per_image": tiles,
                          "psnr": psnr, "seconds_per_image": per_image, "images": n,
                          "train_seconds": result.seconds, "threads": torch.get_num_threads()})
     table = pd.DataFrame(rows)

@@ -33,9 +33,34 @@ def nearest_tile(size: int, starts: list[int], tile: int) -> Tensor:
     return torch.argmin((coords - centres[None]).abs(), dim=1)
 
 
+# Bytes a network of this project may hold per input pixel while it denoises tiles in inference
+# mode: the blind-spot network (four rotations of up to 144 float32 channels, a few alive at once)
+# peaks below this; the measurement is in benchmarks/perf/README.md.
+ACTIVATION_BYTES_PER_PIXEL = 12 << 10
+
+
+def tiles_per_call(noisy: Tensor, tile: int, free_bytes: int | None = None) -> int:
+    """How many tiles of a (N, C, H, W) batch to denoise in one call: every tile of it where a
+    quarter of the free memory of its device holds their activations, fewer otherwise (at least 1)."""
+    if free_bytes is None:
+        free_bytes = free_memory(noisy.device)
+    per_tile = noisy.shape[0] * tile * tile * ACTIVATION_BYTES_PER_PIXEL
+    return max(1, (free_bytes // 4) // per_tile)
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on `device` (CUDA: the driver's count; CPU: available memory)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
 def denoise_tiled(denoise: Callable[[NoisyBatch], Tensor], batch: NoisyBatch, tile: int,
                   stride: int | None = None, tiles_per_call: int = 8) -> Tensor:
-    """Apply `denoise` to square tiles of a (N, 3, H, W) batch and stitch the central parts."""
+    """Apply `denoise` to square tiles of a (N, 3, H, W) batch, `tiles_per_call` tiles of every image
+    per call, and stitch the central parts."""
     noisy = batch.noisy
     n, c, h, w = noisy.shape
     if h <= tile and w <= tile:
