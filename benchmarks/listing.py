@@ -6,6 +6,7 @@ the noise parser, the data set registry), so the list cannot drift from what the
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from n2n_core.config import load_toml
@@ -16,13 +17,16 @@ KINDS = ("methods", "noise", "datasets", "profiles")
 
 
 def _first_comment(path: Path) -> str:
-    """The file's first comment line (its description), '' without one."""
+    """The first sentence of the comment block that opens the file (its description), on one line;
+    '' without one. A sentence ends at a full stop followed by a capital letter or the block's end."""
+    block = []
     for line in path.read_text().splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-        if line.strip():
+        if not line.startswith("#"):
             break
-    return ""
+        block.append(line.lstrip("#").strip())
+    text = " ".join(block)
+    end = re.search(r"\.(?=\s+[A-Z(`])", text)
+    return text[: end.end()] if end else text
 
 
 def _variant_summary(path: Path) -> str:
@@ -40,17 +44,18 @@ def methods() -> list[str]:
     from n2n_core.methods import METHODS, external
 
     lines = ["method variants (benchmarks/configs/methods/<name>.toml; --method NAME):"]
+    width = max(26, *(len(name) for name in available("methods")))
     for name in available("methods"):
-        lines.append(f"  {name:<26} {_variant_summary(CONFIG_DIR / 'methods' / f'{name}.toml')}")
+        lines.append(f"  {name:<{width}} {_variant_summary(CONFIG_DIR / 'methods' / f'{name}.toml')}")
     lines.append("registered methods (n2n_core/methods/__init__.py; --method NAME, the method's defaults):")
     for name, cls in METHODS.items():
         doc = (cls.__doc__ or "").strip().splitlines()
         trainable = "" if cls.trainable else " [training-free]"
-        lines.append(f"  {name:<26} {doc[0] if doc else cls.__name__}{trainable}")
+        lines.append(f"  {name:<{width}} {doc[0] if doc else cls.__name__}{trainable}")
     plugins = metadata.entry_points(group=external.ENTRY_POINT_GROUP)
     if plugins:  # named, not imported: a broken plugin must not break the list
         lines.append(f"installed plugins (entry-point group {external.ENTRY_POINT_GROUP}; --method NAME):")
-        lines += [f"  {entry.name:<26} {entry.value}" for entry in sorted(plugins, key=lambda e: e.name)]
+        lines += [f"  {entry.name:<{width}} {entry.value}" for entry in sorted(plugins, key=lambda e: e.name)]
     lines.append("your own method: --method path/to/file.py:ClassName or package.module:ClassName "
                  "(a Method subclass, README 'Adding a method'), or a name registered in the entry-point "
                  "group n2n_bench.methods")

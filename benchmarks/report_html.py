@@ -86,14 +86,32 @@ def render(sections: list[Section], out: Path, store: str) -> str:
             + "".join(body) + "</body></html>\n")
 
 
+def markdown_section(path: Path, title: str) -> Section:
+    """A table as the report wrote it in markdown (its cells formatted as in the README), caption last."""
+    lines = path.read_text(encoding="utf-8").strip().splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table]
+    rows = [row for row in cells[1:] if not all(set(c) <= set("-: ") for c in row)]  # no separator line
+    return Section(title, lines[-1] if lines and not lines[-1].startswith("|") else "", cells[0] if cells else [], rows)
+
+
 def other_results(out: Path, known: set[Path]) -> list[Section]:
-    """Tables (CSV) in the folder that the report did not write (the sweeps'), with their figure."""
+    """Tables in the folder that this report did not write, with their figures: PSNR tables written
+    earlier from another store (`psnr-<noise>-<profile>`, with that noise and profile's figures) and
+    the sweeps' tables. Each keeps the caption it was written with."""
+    out = Path(out)
     sections = []
-    for path in sorted(Path(out).glob("*.csv")):
+    for path in sorted(out.glob("*.csv")):
         if path.resolve() in known:
             continue
-        figure = path.with_suffix(".png")
         caption_file = path.with_suffix(".md")
+        if path.stem.startswith("psnr-") and caption_file.exists():
+            noise, _, profile = path.stem.removeprefix("psnr-").rpartition("-")
+            section = markdown_section(caption_file, f"{noise}, profile {profile} (an earlier report)")
+            section.figures = sorted((out / "figures").glob(f"*-{noise}-{profile}.png"))
+            sections.append(section)
+            continue
+        figure = path.with_suffix(".png")
         caption = caption_file.read_text().strip().splitlines()[-1] if caption_file.exists() else ""
         section = csv_section(path, path.stem, caption)
         section.figures = [figure] if figure.exists() else []

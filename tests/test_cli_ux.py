@@ -276,6 +276,10 @@ def test_version_and_lists():
     for name in [*available("methods"), *METHODS]:
         assert f"  {name} " in methods, name
     assert "path/to/file.py:ClassName" in methods
+    # a description spread over several comment lines is listed whole, up to its first sentence's end
+    n2v2 = next(line for line in methods.splitlines() if line.startswith("  n2v2 "))
+    assert "the U-Net with MaxBlurPool and no top-level skip (methods/n2v2.py)." in n2v2 and "Trained" not in n2v2
+    assert all(line.split()[1:] for line in methods.splitlines() if line.startswith("  ")), "a name without its description"
     profiles = runner.invoke(app, ["list", "profiles"]).output
     assert all(f"  {name} " in profiles for name in available("profiles"))
     noise = runner.invoke(app, ["list", "noise"]).output
@@ -360,6 +364,12 @@ def test_index_page_escapes_text_links_figures_relatively_and_colours_methods_st
     section = report_html.Section("gaussian25 <b>", 'caption with <script>alert("x")</script> & more',
                                   ["method", "kodak24"], [["n2c", "30.00"], ["<img src=x>", "1"]], [figure])
     (tmp_path / "sweep-a.csv").write_text("batch,psnr\n4,27.5\n")
+    # a PSNR table an earlier report wrote from another store, with its figures
+    (tmp_path / "psnr-poisson30-quick.csv").write_text("variant,kodak24\nn2v,29.1\n")
+    (tmp_path / "psnr-poisson30-quick.md").write_text("| method | kodak24 ours (published, Δ) |\n|---|---|\n"
+                                                      "| n2v | 29.10 (30.00, Δ -0.90) |\n\nPSNR for poisson30 <i>.\n")
+    (tmp_path / "figures" / "curves-poisson30-quick.png").write_bytes(b"png")
+    (tmp_path / "figures" / "curves-poisson30-smoke.png").write_bytes(b"png")
     page = report_html.write_index(tmp_path, [section], "sqlite:///<store>", written=[figure]).read_text()
 
     class Collect(HTMLParser):
@@ -373,10 +383,13 @@ def test_index_page_escapes_text_links_figures_relatively_and_colours_methods_st
 
     parser = Collect()
     parser.feed(page)
-    assert "script" not in [t for t, _ in parser.tags] and [a["src"] for t, a in parser.tags if t == "img"] == ["figures/curves-x.png"]
+    assert "script" not in [t for t, _ in parser.tags] and "i" not in [t for t, _ in parser.tags]
+    assert [a["src"] for t, a in parser.tags if t == "img"] == ["figures/curves-x.png", "figures/curves-poisson30-quick.png"]
     text = "".join(parser.text)
     assert 'alert("x")' in text and "<img src=x>" in text and "gaussian25 <b>" in text  # shown as text
     assert "sweep-a" in text and "27.5" in text  # a table the report did not write is on the page too
+    assert "poisson30, profile quick (an earlier report)" in text and "29.10 (30.00, Δ -0.90)" in text
+    assert "PSNR for poisson30 <i>." in text
     assert f"background:{figures.method_colour('n2c')}" in page
     assert figures.method_colour("n2c") == figures.FIXED_COLOURS["n2c"] != figures.method_colour("n2n")
     assert len(set(figures.FIXED_COLOURS.values())) == len(figures.FIXED_COLOURS)  # no two variants share one
