@@ -24,6 +24,7 @@ import torch
 
 from benchmarks.compose import compose_config, run_dir
 from benchmarks.mlflow_tracker import PROJECT_ROOT
+from benchmarks.perf.tables import markdown_table
 from benchmarks.training import train
 from n2n_core.data.images import default_data_dir
 from n2n_core.data.sets import resolve_set
@@ -108,10 +109,7 @@ def main() -> None:
             f"`benchmarks/perf/bench_blindspot_scoring.py --variants {args.variants} --noise {args.noise} "
             f"--patch {args.patch} --strides {args.strides}"
             + (f" --budget-images {args.budget_images}" if args.budget_images is not None else "") + "`.\n\n")
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |"
-              for row in table.itertuples(index=False)]
-    markdown = text + "\n".join(lines) + "\n"
+    markdown = text + markdown_table(table) + "\n"
     atomic_write(stem.with_suffix(".md"), lambda tmp: tmp.write_text(markdown))
     print(stem.with_suffix(".md").read_text())
 
