@@ -346,6 +346,12 @@ def paper_tables(groups: dict[tuple[str, str], list[JobRun]], out: Path) -> list
                 f"benchmarks/configs/paper.toml; {scoring_note(runs)}); published numbers in parentheses "
                 f"from baselines/published.csv, empty where no source gives one.")
         stem = out / f"table1-{profile}"
+        if stem.with_suffix(".csv").exists():
+            earlier = pd.read_csv(stem.with_suffix(".csv"), dtype=str, keep_default_na=False)
+            table, names, carried = table1.keep_earlier_rows(table, names, earlier)
+            if carried:
+                text += (f" Rows {', '.join(carried)}: from an earlier report into this folder (another store), "
+                         "as that report wrote them.")
         written.append(_write_text(out, stem.with_suffix(".md"), table1.to_markdown(table, names, text)))
         written.append(_write_text(out, stem.with_suffix(".csv"), table.to_csv(index=False)))
     return written

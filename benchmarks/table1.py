@@ -60,6 +60,21 @@ def build(runs, published: pd.DataFrame, sets: list[str]) -> tuple[pd.DataFrame,
     return pd.DataFrame(rows, columns=["noise", *names]), names
 
 
+def keep_earlier_rows(table: pd.DataFrame, names: list[str],
+                      earlier: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """(table, column names, carried noise styles): the rows of an earlier Table 1 of this results
+    folder whose noise style has no run in this store, added to this store's rows in NOISE_ORDER.
+    A report reads one store, but a folder may hold tables from several (results/ does)."""
+    carried = earlier[~earlier["noise"].isin(table["noise"])]
+    if carried.empty:
+        return table, names, []
+    names = [*names, *(c for c in carried.columns if c != "noise" and c not in names)]
+    merged = pd.concat([table, carried], ignore_index=True).fillna("")
+    rank = {n: i for i, n in enumerate(NOISE_ORDER)}
+    merged = merged.sort_values("noise", key=lambda col: col.map(lambda n: (rank.get(n, len(rank)), n)), kind="stable")
+    return merged[["noise", *names]].reset_index(drop=True), names, list(carried["noise"])
+
+
 def to_markdown(table: pd.DataFrame, names: list[str], caption: str) -> str:
     lines = ["| noise | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for _, row in table.iterrows():
