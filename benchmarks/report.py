@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,24 +108,33 @@ def load_baselines() -> pd.DataFrame:
     return table.drop_duplicates(["variant", "noise", "dataset"], keep="first")
 
 
-def newest_grid_account(client, experiment_id: str, noise: str, profile: str) -> dict[str, float]:
-    """Metrics of the newest finished grid run for (noise, profile) that measured its floor; {} if none."""
-    runs = client.search_runs([experiment_id], filter_string="tags.grid = '1' and attributes.status = 'FINISHED'",
-                              max_results=1000, order_by=["attributes.end_time DESC"])
-    for run in runs:
-        tags = run.data.tags
-        if tags.get("noise") == noise and tags.get("profile") == profile and "grid_floor_seconds" in run.data.metrics:
-            return dict(run.data.metrics)
-    return {}
+def grid_accounts(client, runs: list[JobRun]) -> list[tuple[int, dict[str, float]]]:
+    """(rows of this table it ran, metrics) of every grid run that trained rows of this table and
+    measured its floor, oldest first: a table filled by several grids (e.g. new variants run
+    later) states each one's wall time and floor, not only the newest's."""
+    from mlflow.exceptions import MlflowException
+
+    rows = Counter(r.tags.get("mlflow.parentRunId") for r in runs if r.tags.get("mlflow.parentRunId"))
+    accounts = []
+    for parent_id, n in rows.items():
+        try:
+            parent = client.get_run(parent_id)
+        except MlflowException:  # deleted since
+            continue
+        if parent.data.tags.get("grid") == "1" and "grid_floor_seconds" in parent.data.metrics:
+            accounts.append((parent.info.start_time or 0, n, dict(parent.data.metrics)))
+    return [(n, metrics) for _, n, metrics in sorted(accounts, key=lambda a: a[0])]
 
 
-def floor_note(account: dict[str, float]) -> str:
-    """'; newest grid run: wall time 31.2 min, floor 4.1 min (…)' or '' without a measured floor."""
-    if not account:
+def floor_note(accounts: list[tuple[int, dict[str, float]]]) -> str:
+    """'; grid runs of these rows: wall time 20.4 min, floor 13.8 min (20 rows, at 324 GFLOP/s); …'
+    or '' where no grid measured its floor."""
+    if not accounts:
         return ""
-    return (f"; newest grid run: wall time {account['grid_wall_seconds'] / 60:.1f} min, floor "
-            f"{account['grid_floor_seconds'] / 60:.1f} min (the counted FLOPs of the jobs it ran at the "
-            f"{account['matmul_gflops']:.0f} GFLOP/s float32 matmul rate it measured; CBM3D counts 0)")
+    parts = [f"wall time {m['grid_wall_seconds'] / 60:.1f} min, floor {m['grid_floor_seconds'] / 60:.1f} min "
+             f"({n} rows, at {m['matmul_gflops']:.0f} GFLOP/s)" for n, m in accounts]
+    return (f"; grid runs of these rows: {'; '.join(parts)} (floor: the counted FLOPs of the jobs a grid ran "
+            "at the float32 matmul rate it measured; CBM3D counts 0)")
 
 
 def in_grid_order(runs: list[JobRun]) -> list[JobRun]:
@@ -204,7 +213,7 @@ def scored_differently(runs: list[JobRun], params: dict) -> str:
 
 
 def caption(runs: list[JobRun], noise: str, profile: str, sets: list[str],
-            account: dict[str, float] | None = None) -> str:
+            accounts: list[tuple[int, dict[str, float]]] = ()) -> str:
     params = next((r.params for r in runs if r.params.get("train.budget_images")), runs[0].params)
     repeats = ", ".join(f"{s} ×{params.get(f'eval.repeats.{s}', 1)}" for s in sets)
     crop = params.get("eval.center_crop")
@@ -219,7 +228,7 @@ def caption(runs: list[JobRun], noise: str, profile: str, sets: list[str],
         f"of {crop_sizes(runs)} crops from {params.get('train.train_set')} (batch "
         f"{params.get('train.batch_size')}); evaluations per image: {repeats}{crop_note}; PSNR on "
         f"uint8-quantised images (docs/methods.md §8); {scoring_note(runs)}; device {', '.join(devices)}; total job wall time "
-        f"{wall / 60:.1f} min{floor_note(account or {})}{scoring_cost(runs, sets)}. Published numbers from baselines/published.csv (first source per cell); "
+        f"{wall / 60:.1f} min{floor_note(list(accounts))}{scoring_cost(runs, sets)}. Published numbers from baselines/published.csv (first source per cell); "
         f"a number marked (float) was measured on unquantised floats and is not directly comparable."
     )
 
@@ -303,7 +312,7 @@ def build_report(tracking_uri: str | None, out: Path,
     sections: list[report_html.Section] = []
     for (noise, profile), runs in sorted(groups.items()):
         table, sets = build_table(runs, noise)
-        text = caption(runs, noise, profile, sets, newest_grid_account(client, experiment_id, noise, profile))
+        text = caption(runs, noise, profile, sets, grid_accounts(client, runs))
         stem = out / f"psnr-{noise}-{profile}"
         markdown = to_markdown(table, sets, text)
         written.append(_write_text(out, stem.with_suffix(".md"), markdown))

@@ -264,3 +264,32 @@ def test_jobs_auto_is_one_single_thread_job_per_core_on_a_cpu_and_one_on_cuda(mo
         parse_jobs("two")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert auto_jobs(cores=16, available_bytes=1 << 40) == 1 and parse_jobs("auto") == 1
+
+
+def test_a_table_filled_by_two_grids_states_each_grids_wall_time_and_floor():
+    from types import SimpleNamespace
+
+    from mlflow.exceptions import MlflowException
+
+    from benchmarks.report import JobRun, floor_note, grid_accounts
+
+    def parent(start, wall, floor, rate, grid="1"):
+        metrics = {"grid_wall_seconds": wall, "grid_floor_seconds": floor, "matmul_gflops": rate}
+        return SimpleNamespace(info=SimpleNamespace(start_time=start), data=SimpleNamespace(tags={"grid": grid}, metrics=metrics))
+
+    parents = {"late": parent(20, 270.0, 66.0, 310.0), "early": parent(10, 1224.0, 828.0, 323.5)}
+
+    class Client:
+        def get_run(self, run_id):
+            if run_id not in parents:
+                raise MlflowException("gone")
+            return parents[run_id]
+
+    rows = [JobRun(str(i), f"v{i}", "gaussian25", "quick", {}, {}, {"mlflow.parentRunId": p}, 0)
+            for i, p in enumerate(["early"] * 20 + ["late"] * 4 + ["deleted"])]
+    rows.append(JobRun("t", "trained-alone", "gaussian25", "quick", {}, {}, {}, 0))  # `train`: no grid
+    accounts = grid_accounts(Client(), rows)
+    assert [n for n, _ in accounts] == [20, 4]  # oldest grid first, each with the rows it ran
+    note = floor_note(accounts)
+    assert "wall time 20.4 min, floor 13.8 min (20 rows, at 324 GFLOP/s); wall time 4.5 min, floor 1.1 min (4 rows" in note
+    assert floor_note([]) == ""
