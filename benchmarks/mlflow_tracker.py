@@ -336,7 +336,22 @@ def start_system_metrics(tracking_uri: str, run_id: str):
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        monitor = SystemMetricsMonitor(run_id, tracking_uri=tracking_uri)
+        class EveryRunMonitor(SystemMetricsMonitor):
+            """MLflow's monitor drops its first sample when the run ends within one interval (its
+            loop returns from the wait without publishing); this one publishes it then, so every
+            training run has system metrics, however short."""
+
+            def finish(self):
+                if self._process is not None:
+                    self._shutdown_event.set()
+                    self._process.join()
+                    if self._logging_step == 0:
+                        sampled = self.aggregate_metrics()
+                        if sampled:
+                            self.publish_metrics(sampled)
+                super().finish()  # flushes what was published
+
+        monitor = EveryRunMonitor(run_id, tracking_uri=tracking_uri)
         monitor.start()
         return monitor
     except Exception:  # psutil missing, or the monitor cannot start: the run goes on without

@@ -360,7 +360,8 @@ def paper_tables(groups: dict[tuple[str, str], list[JobRun]], out: Path) -> list
             table, names, carried = table1.keep_earlier_rows(table, names, earlier)
             if carried:
                 text += (f" Rows {', '.join(carried)}: from an earlier report into this folder (another store), "
-                         "as that report wrote them.")
+                         "as that report wrote them; the caption of its psnr-<noise>-<profile> table says how "
+                         "they were made.")
         written.append(_write_text(out, stem.with_suffix(".md"), table1.to_markdown(table, names, text)))
         written.append(_write_text(out, stem.with_suffix(".csv"), table.to_csv(index=False)))
     return written

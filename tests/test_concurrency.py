@@ -39,10 +39,10 @@ class Cli:
     SIGINT at its default as in a terminal), its stdout and stderr in files (for the lines the test
     looks for)."""
 
-    def __init__(self, tmp_path: Path, name: str, args: list, delay: float, data_dir: Path):
+    def __init__(self, tmp_path: Path, name: str, args: list, delay: float, data_dir: Path, **env_extra: str):
         self.log = tmp_path / f"{name}.stderr"
         env = {**os.environ, "N2N_TEST_DELAY": str(delay), "N2N_HOME": str(tmp_path / "home"),
-               "N2N_DATA": str(data_dir)}
+               "N2N_DATA": str(data_dir), **env_extra}
         self.log.write_text("")
         (tmp_path / f"{name}.stdout").write_text("")
         self.proc = start_command(SLOW_CLI, args, env=env, cwd=REPO, stdout=tmp_path / f"{name}.stdout", stderr=self.log)
@@ -246,7 +246,7 @@ def test_parallel_grid_stopped_by_sigterm_stops_its_running_jobs(tmp_path, data_
     # the test, so only a stop can end the command in time.
     uri = empty_store(tmp_path / "mlflow.db")  # the store grid_args names
     args = [*grid_args(tmp_path, "n2c,n2n"), "--jobs", "2", "--set", "train.budget_images=100000"]
-    grid = Cli(tmp_path, "parallel", args, 0, data_dir)
+    grid = Cli(tmp_path, "parallel", args, 0, data_dir, N2N_CORES="2")  # this test's share: both cores
     for variant in ("n2c", "n2n"):
         wait_for_checkpoint(f"runs/{variant}-*/checkpoint.pt", tmp_path, grid)
     grid.proc.send_signal(signal.SIGTERM)
