@@ -304,6 +304,25 @@ def test_a_resumed_fixed_noise_run_ends_bit_equal_to_an_uninterrupted_one(tiny_i
     assert any(not torch.equal(whole[k], fresh[k]) for k in whole), "the fixed run trained on other noise"
 
 
+def test_a_configured_fixed_run_trains_on_fixed_noise_end_to_end(data_dir, tmp_path, monkeypatch):
+    from benchmarks.training import train
+    from n2n_core.methods.n2n import N2N
+
+    fixed = []
+    original = N2N.training_pair
+
+    def recording(self, clean, step):
+        fixed.append(step.noise_is_fixed)
+        return original(self, clean, step)
+
+    monkeypatch.setattr(N2N, "training_pair", recording)
+    cfg = compose_config("smoke", "n2n", "gaussian25", [
+        "train.noise_draw=fixed", "train.budget_images=8", "train.patch_size=32", "train.batch_size=4",
+        "train.validation_images=0", "train.device=cpu"])
+    assert train(cfg, tmp_path / "run", data_dir=data_dir, progress=False).images_seen == 8
+    assert fixed == [True, True]
+
+
 # ----------------------------------------------------------------------------- seeds
 
 
