@@ -216,11 +216,14 @@ def test_course_flips_under_fixed_noise_flip_the_fixed_realisations(tiny_images)
     course = build_method(method_config("course", flips=True), GAUSS25)
     pair = fixed_stream(images).training_pair(course, 3, 3, a_step(), CPU)
     plain = observe(fixed_stream(images), 3, draws=2)
+    chosen = []
     for j in range(3):
         candidates = [(d.noisy[j], d.noisy[j].flip(-1), d.noisy[j].flip(-2), d.noisy[j].flip(-1).flip(-2))
                       for d in plain.draws]
         flips = [[torch.equal(t, c) for c in cands] for t, cands in zip((pair.inputs[j], pair.targets[j]), candidates)]
         assert flips[0] == flips[1] and sum(flips[0]) == 1, f"crop {j}: input and target flipped alike"
+        chosen.append(flips[0].index(True))
+    assert any(chosen), "no crop was flipped: the check saw no flip"
 
 
 # ----------------------------------------------------------------------------- fresh mode is today's
