@@ -95,6 +95,7 @@ def datasets(data_dir: Path | None = None) -> list[str]:
         "  small32        1,000 seeded 32x32 crops of the BSD300 test images (the course benchmark)",
         "  folder:PATH    every image in a folder (a plain folder path is accepted by evaluate --dataset)",
         "  course32:DIR   the course's train_data.pkl / val_data.pkl (given noisy pairs)",
+        "  noisy:SET      train.train_set only: the evaluator's noisy inputs of SET (train on the test images)",
     ]
     return lines
 

@@ -44,7 +44,8 @@ class TrainResult:
 
 
 def _validation(method: Method, cfg: ExperimentConfig, device, data_dir: Path):
-    """Fixed validation crops (training-crop sized) scored with the evaluation protocol."""
+    """Fixed validation crops (training-crop sized) scored with the evaluation protocol; always of
+    the clean validation set, also when training on a noisy:SET set (its curve stays comparable)."""
     if cfg.train.validation_images == 0:
         return None
     evaluator = make_evaluator(resolve_set(cfg.train.validation_set, data_dir, cfg.data.channels),
@@ -75,7 +76,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, tracker: Tracker | None = None,
     dist_ctx, device = distributed.init_from_env(device)
     main = dist_ctx is None or dist_ctx.is_main
     stream = stream_for(resolve_set(cfg.train.train_set, data_dir, cfg.data.channels), cfg.train.patch_size,
-                        cfg.seed)
+                        cfg.seed, noise=parse_style(cfg.noise), noise_draw=cfg.train.noise_draw, evaluation=cfg.eval)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / "checkpoint.pt"
     config_file, config_text = out_dir / "config.json", json.dumps(cfg.identity_dump(), indent=2)

@@ -17,7 +17,8 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
 from .errors import ConfigError
-from .methods import MethodConfigBase, method_class
+from .data.sets import NOISY_PREFIX
+from .methods import MethodConfigBase, check_noisy_training_set, method_class
 from .methods.external import MethodSource
 from .noise import canonical_style, parse_style
 
@@ -93,10 +94,25 @@ class TrainConfig(Frozen):
     """Stop the run when this many steps in a row had a non-finite gradient."""
     train_set: str = "bsd300-train"
     """Image set the training crops come from (paper: imagenet-val)."""
+    noise_draw: Literal["fresh", "fixed"] = "fresh"
+    """fresh: every crop gets a new noise draw (the papers); fixed: each training image has one noisy
+    realisation (N2N: two) drawn once from the run's seed, and crops are cut from it."""
     validation_set: str = "bsd300"
     """Image set the periodic validation crops come from."""
     device: str = "auto"
     """auto, cpu or cuda."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _noisy_sets_are_fixed(cls, data):
+        # a noisy:SET set is one fixed realisation of each image: recorded as noise_draw "fixed" (so
+        # tables say so) when left out; asking for fresh noise on it is a contradiction
+        if isinstance(data, dict) and str(data.get("train_set", "")).startswith(NOISY_PREFIX):
+            if data.get("noise_draw", "fixed") != "fixed":
+                raise ConfigError(f"train.train_set={data['train_set']} is one fixed noisy image per image; "
+                                  "it cannot give fresh noise: drop train.noise_draw or set it to \"fixed\"")
+            data = {**data, "noise_draw": "fixed"}
+        return data
 
     @model_validator(mode="after")
     def _ramps_fit(self):
@@ -196,8 +212,9 @@ class ExperimentConfig(Frozen):
     def _method_can_run_so(self):
         # each method states what it refuses (methods/base.py Method.check); a NoiseNotSupported
         # keeps its type, so the grid can tell "not applicable" from a bad configuration
-        method_class(self.method.name, self.method_source).check(
-            self.method, parse_style(self.noise), self.train, self.eval, self.data)
+        cls = method_class(self.method.name, self.method_source)
+        _check_training_data(cls, self)
+        cls.check(self.method, parse_style(self.noise), self.train, self.eval, self.data)
         return self
 
     def identity_dump(self) -> dict:
@@ -226,11 +243,27 @@ class ExperimentConfig(Frozen):
         return flatten(self.identity_dump())
 
 
+def _check_training_data(cls, cfg: ExperimentConfig) -> None:
+    """noisy:SET trains only (methods that need nothing clean and one draw); course32's given pairs
+    are already fixed noise, so noise_draw does not apply to them."""
+    train = cfg.train
+    for name, role in [(train.validation_set, "train.validation_set"), *((s, "eval.sets") for s in cfg.eval.sets)]:
+        if name.startswith(NOISY_PREFIX):
+            raise ConfigError(f"{role}: {name} is a training set only; validate and score on "
+                              f"{name[len(NOISY_PREFIX):]}, whose noisy inputs it is")
+    if train.train_set.startswith(NOISY_PREFIX):
+        check_noisy_training_set(cls, cfg.method, train.train_set)
+    if train.train_set.startswith("course32:") and train.noise_draw != "fresh":
+        raise ConfigError(f"{train.train_set} brings its own noisy pairs; train.noise_draw applies to sets of "
+                          "clean images: drop it")
+
+
 # Options added after the first release, left out of a run's identity while at their default.
 OMITTED_AT_DEFAULT: dict[str, object] = {
     "method_source": None,
     "data.channels": 3,
     "eval.blindspot_stride": 0.5,
+    "train.noise_draw": "fresh",
 }
 
 

@@ -21,6 +21,11 @@ class NoiseNotSupported(ConfigError):
     """A method that cannot model the run's noise style (the grid leaves such pairs out)."""
 
 
+class TrainingSetNotSupported(NoiseNotSupported):
+    """A method that cannot train on the run's training set (N2C or N2N on noisy:SET); a
+    NoiseNotSupported, so the grid lists the pair as not applicable in the same way."""
+
+
 class StorageError(N2NError):
     """A file that could not be written (disk full, no permission); the previous one is kept."""
 

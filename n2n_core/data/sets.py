@@ -1,4 +1,4 @@
-"""Registry of image sets: kodak24, bsd300, bsd300-train, set14, imagenet-val and folder:PATH."""
+"""Registry of image sets: kodak24, bsd300, bsd300-train, set14, imagenet-val, folder:PATH and noisy:SET."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ REGISTERED: dict[str, tuple[bool, str, int]] = {
     "set14": (False, "set14", 20),  # download only; no checksums kept (see sources.py)
     "imagenet-val": (False, "imagenet-val", 1),  # a folder the user provides: $N2N_IMAGENET
 }
-SET_FORMS = ", ".join(REGISTERED) + ", small32, folder:PATH, course32:DIR"
+SET_FORMS = ", ".join(REGISTERED) + ", small32, folder:PATH, course32:DIR, noisy:SET (training only)"
+NOISY_PREFIX = "noisy:"  # train.train_set = "noisy:kodak24": the evaluator's noisy inputs of kodak24
 IMAGENET_SIDES = (256, 512)  # the paper's training set: ILSVRC2012 val images with both sides here
 
 
@@ -57,6 +58,45 @@ class ImageSet:
         return 32 * math.ceil(biggest / 32)
 
 
+@dataclass(frozen=True)
+class NoisyEvalSet:
+    """`noisy:SET`: the noisy inputs the evaluator scores on SET, as a training set (its clean
+    images never leave this object: `noisy_images` is all a training stream gets)."""
+
+    name: str  # noisy:SET
+    scored: ImageSet  # SET, whose clean images the evaluator draws the noisy inputs from
+
+    @property
+    def paths(self) -> tuple[Path, ...]:  # what the run's data digest hashes (benchmarks/jobs.py)
+        return self.scored.paths
+
+    @property
+    def sha256(self) -> tuple[str | None, ...]:
+        return self.scored.sha256
+
+    def __len__(self) -> int:
+        return len(self.scored)
+
+    def image_ids(self) -> list[str]:
+        return self.scored.image_ids()
+
+    def load(self) -> list[torch.Tensor]:
+        raise ConfigError(f"{self.name} is a training set only (the evaluator's noisy inputs); "
+                          f"score or validate on {self.scored.name} instead")
+
+    def noisy_images(self, noise, seed: int, center_crop: int | None,
+                     max_images: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(noisy float32 (C, h, w), level 0-dim) per image: repeat 0 of exactly the inputs that
+        make_evaluator(SET, noise, seed, center_crop, max_images) scores, cut back to the image
+        (the evaluator pads before drawing; the padding is not part of the image)."""
+        from ..evaluation.paired import make_evaluator  # evaluation imports this module
+
+        evaluator = make_evaluator(self.scored, noise, seed=seed, repeats=1, center_crop=center_crop,
+                                   max_images=max_images)
+        return [(item.noisy.noisy[0, :, : item.height, : item.width].clone(), item.noisy.level[0].clone())
+                for item in evaluator.inputs() if item.repeat == 0]
+
+
 def _verified_image(path: Path, sha256: str | None) -> torch.Tensor:
     if sha256 is not None:
         if not path.is_file():
@@ -84,7 +124,13 @@ def resolve_set(name: str, data_dir: Path, channels: int = 3) -> ImageSet:
     `channels` (data.channels: 3 RGB, 1 greyscale) is what its `load()` returns.
     Two 32×32 sets answer the same questions by duck typing: 'small32' (1,000 seeded crops of the
     BSD300 test images, data/small32.py) and 'course32:DIR' (the course's files, data/course32.py).
+    'noisy:SET' (NoisyEvalSet) is a training set only: the evaluator's noisy inputs of SET.
     """
+    if name.startswith(NOISY_PREFIX):
+        scored = name[len(NOISY_PREFIX):]
+        if not scored or scored.startswith(NOISY_PREFIX):
+            raise ConfigError(f"data set {name!r}: name the evaluation set after noisy:, e.g. noisy:kodak24")
+        return NoisyEvalSet(name, resolve_set(scored, data_dir, channels))
     if name == "small32":
         from .small32 import small32_set
 

@@ -7,7 +7,7 @@ package registers in the entry-point group `n2n_bench.methods`.
 
 from __future__ import annotations
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingSetNotSupported
 from ..noise import NoiseModel
 from . import external
 from .base import LossOutput, Method, MethodConfigBase, Step, TrainingPair
@@ -54,6 +54,25 @@ def method_class(name: str, source: external.MethodSource | None = None) -> type
                       "(or path/to/file.py:ClassName, package.module:ClassName)")
 
 
+def trainable_on_noisy_sets() -> list[str]:
+    """Registered methods that can train on a noisy:SET set: no clean targets, one noisy draw."""
+    return [name for name, cls in METHODS.items()
+            if cls.trainable and cls.training_needs(cls.Config()) == (False, 1)]
+
+
+def check_noisy_training_set(cls: type[Method], config: MethodConfigBase, train_set: str) -> None:
+    """Refuse, at configuration time, a method whose training pair a noisy:SET set cannot give:
+    it holds one noisy realisation of each image and no clean image (Method.training_needs)."""
+    if not cls.trainable:
+        return  # nothing is trained: the training set is never read
+    clean_targets, draws = cls.training_needs(config)
+    if clean_targets or draws > 1:
+        needs = "the clean images as targets" if clean_targets else f"{draws} noisy realisations of each image"
+        raise TrainingSetNotSupported(f"{config.name} cannot train on {train_set}: it needs {needs}, but a noisy: "
+                                      "set has one noisy realisation of each image and no clean image; train "
+                                      f"{', '.join(trainable_on_noisy_sets())} on it instead")
+
+
 def method_config(name: str, **fields) -> MethodConfigBase:
     """Validated config for registry method `name` (unknown names and keys are errors)."""
     return method_class(name).Config(**fields)
@@ -68,5 +87,5 @@ def build_method(config: MethodConfigBase, noise: NoiseModel, channels: int = 3,
 
 __all__ = [
     "METHODS", "LossOutput", "Method", "MethodConfigBase", "Step", "TrainingPair",
-    "build_method", "method_class", "method_config",
+    "build_method", "check_noisy_training_set", "method_class", "method_config",
 ]

@@ -9,12 +9,26 @@ as `Config` (a `MethodConfigBase` whose `name` is a `Literal`) and overrides wha
 - where needed: `check` (what the method refuses, at configuration time), `make_optimizer`,
   `ema_decay`, `given_pair` (training on given noisy pairs), `image_estimate` (a per-image
   estimate every tile shares), `denoise_many` with `eval_chunk` (several images at once),
-  `with_cache_dir`.
+  `with_cache_dir`, `clean_targets` / `noisy_draws` / `training_needs` (what its training pair
+  needs from the data).
 
-Randomness: draw noise from `step.noise` and everything else (masks, sub-samplers, dropout) from
-`step.method`; both are made fresh for every step from (run seed, purpose, step), so runs are
-bit-reproducible and resume exactly. Under multi-process training every tensor of a
-`TrainingPair` must have the batch as its first dimension: each process trains on its rows.
+Randomness: take the noisy observation of the clean crops from `step.noisy(self.noise, clean)`,
+draw any other noise (R2R's recorruption) from `step.noise` and everything else (masks,
+sub-samplers, dropout) from `step.method`; the generators are made fresh for every step from (run
+seed, purpose, step), so runs are bit-reproducible and resume exactly. Under multi-process training
+every tensor of a `TrainingPair` must have the batch as its first dimension: each process trains
+on its rows.
+
+Observation noise goes through `step.noisy` because it is not always fresh. Under
+train.noise_draw="fresh" (the default) it is exactly `self.noise.sample(clean, step.noise)`. Under
+"fixed" each training image has noisy realisations drawn once from the run's seed, and `step.noisy`
+returns the batch's crops of realisation 0 on its first call and of realisation 1 on its second
+(N2N's pair); on a noisy:SET training set realisation 0 is the evaluator's noisy input and `clean`
+is a NaN placeholder. So a training_pair calls `step.noisy` on the crops as given (flips: draw
+first, then flip every part alike); one that never calls it is refused at its first fixed step.
+What a method needs from the data it declares in `clean_targets` and `noisy_draws` (or
+`training_needs` where its configuration decides); noisy:SET sets refuse, at configuration time,
+methods that need clean targets or more than one realisation.
 """
 
 from __future__ import annotations
@@ -32,6 +46,7 @@ from ..noise import NoiseModel, NoisyBatch
 
 if TYPE_CHECKING:  # configuration sections, only for annotations (config.py imports this module)
     from ..config import DataConfig, EvalConfig, TrainConfig
+    from ..data.train_stream import FixedCrops
 
 
 IMPULSE_MODELS = "n2c, n2n, ssdn-mu or ssdn (RGB)"  # the methods that model impulse noise (§5b)
@@ -60,11 +75,24 @@ class Step:
     images_seen: int = 0  # images trained on before this step
     budget_images: int = 0  # the run's budget N; 0 when only evaluating
     index: int = 0  # the step's number from 0 (images_seen // batch size): per-step schedules
+    fixed: FixedCrops | None = None  # the batch's fixed noisy crops (data/train_stream.py); None: fresh
 
     @property
     def progress(self) -> float:
         """images_seen / budget in [0, 1]; 1 when there is no budget (evaluation)."""
         return min(1.0, self.images_seen / self.budget_images) if self.budget_images else 1.0
+
+    @property
+    def noise_is_fixed(self) -> bool:
+        """Whether `noisy` hands out fixed realisations (then they belong to the crops as cut)."""
+        return self.fixed is not None
+
+    def noisy(self, noise: NoiseModel, clean: Tensor) -> NoisyBatch:
+        """The noisy observation of the batch's clean crops: a fresh draw from `self.noise`, or
+        under fixed noise the batch's next fixed realisation (first call 0, second call 1)."""
+        if self.fixed is None:
+            return noise.sample(clean, self.noise)
+        return self.fixed.next(clean)
 
 
 @dataclass(frozen=True)
@@ -89,6 +117,10 @@ class Method:
     amp_safe: ClassVar[bool] = True  # False where float64 math must not be autocast
     blind_spot: ClassVar[bool] = False  # True: scored in tiles when the crops are small (§4)
     eval_chunk: ClassVar[int] = 1  # evaluation inputs handed to one `denoise_many` call
+    clean_targets: ClassVar[bool] = False
+    """True: its training pair uses the clean crops themselves (N2C), so noisy:SET sets are refused."""
+    noisy_draws: ClassVar[int] = 1
+    """Noisy realisations of each crop its training pair takes from step.noisy (N2N: 2, its pair)."""
 
     def __init__(self, config: MethodConfigBase, noise: NoiseModel, channels: int = 3):
         self.config = config
@@ -103,6 +135,11 @@ class Method:
         this method cannot run so; called by configuration validation, before anything is trained."""
 
     @classmethod
+    def training_needs(cls, config: MethodConfigBase) -> tuple[bool, int]:
+        """(clean_targets, noisy_draws) of a run with `config`; override where the config decides."""
+        return cls.clean_targets, cls.noisy_draws
+
+    @classmethod
     def with_cache_dir(cls, config: MethodConfigBase, folder: str) -> MethodConfigBase:
         """The config pointed at a result cache in `folder` (not part of the hash); default: as is."""
         return config
@@ -113,7 +150,8 @@ class Method:
         raise NotImplementedError
 
     def training_pair(self, clean: Tensor, step: Step) -> TrainingPair:
-        """The pair for clean float crops (N, C, P, P) in [0, 1]; noise drawn from step.noise."""
+        """The pair for clean float crops (N, C, P, P) in [0, 1]; their noisy observation from
+        step.noisy(self.noise, clean), any other noise from step.noise."""
         raise NotImplementedError
 
     def given_pair(self, first: Tensor, second: Tensor, step: Step) -> TrainingPair:

@@ -19,6 +19,7 @@ of `loss`; as N2C it keeps `loss`. RGB only: greyscale data (data.channels=1) is
 from __future__ import annotations
 
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -99,6 +100,13 @@ def random_flips(images: Tensor, rng: torch.Generator) -> Tensor:
     return torch.where(draws[1].view(n, 1, 1, 1), images.flip(-2), images)
 
 
+def flip_pair(pair: CoursePair, rng: torch.Generator) -> CoursePair:
+    """The pair with one random_flips decision per image applied to its input and target alike."""
+    c = pair.inputs.shape[1]
+    both = random_flips(torch.cat([pair.inputs, pair.targets], dim=1), rng)
+    return dataclasses.replace(pair, inputs=both[:, :c], targets=both[:, c:])
+
+
 class Course(Method):
     """A course network of §10 trained as N2N or N2C on 32×32 crops (or given course32 pairs)."""
 
@@ -110,6 +118,11 @@ class Course(Method):
         self.amp_safe = not self.scratch  # the scratch framework is float32 by construction
         # the N2N rule under impulse noise (n2n.py): noisy targets take the annealed loss
         self.annealed = config.target == "n2n" and noise.kind == "impulse"
+
+    @classmethod
+    def training_needs(cls, config):
+        """As N2C (the clean crop) or as N2N (a second noisy realisation), per method.target."""
+        return (True, 1) if config.target == "n2c" else (False, 2)
 
     @classmethod
     def check(cls, config, noise, train, evaluation, data):
@@ -145,13 +158,19 @@ class Course(Method):
         return CoursePair(inputs=first, targets=second, rng=rngs.method, exponent=step_exponent(rngs))
 
     def training_pair(self, clean, rngs):
+        if self.config.flips and rngs.noise_is_fixed:
+            # fixed realisations belong to the crops as cut: draw first, then flip input and target alike
+            return flip_pair(self._pair(clean, rngs), rngs.method)
         if self.config.flips:
             clean = random_flips(clean, rngs.method)
-        first = self.noise.sample(clean, rngs.noise)
+        return self._pair(clean, rngs)
+
+    def _pair(self, clean, rngs) -> CoursePair:
+        first = rngs.noisy(self.noise, clean)
         if self.config.target == "n2c":
             target = clean
         else:
-            target = self.noise.sample(clean, rngs.noise).noisy  # its own level for variable styles
+            target = rngs.noisy(self.noise, clean).noisy  # its own level for variable styles
         return CoursePair(inputs=first.noisy, targets=target, level=first.level, rng=rngs.method,
                           exponent=step_exponent(rngs))
 

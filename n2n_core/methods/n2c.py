@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch.nn.functional as F
 
@@ -18,12 +18,13 @@ class N2C(Method):
     """Noise2Clean: the U-Net learns noisy → clean."""
 
     Config = N2CConfig
+    clean_targets: ClassVar[bool] = True
 
     def build_model(self, rng):
         return UNet(n_out=self.channels, in_channels=self.channels, rng=rng)
 
     def training_pair(self, clean, rngs):
-        return TrainingPair(inputs=self.noise.sample(clean, rngs.noise).noisy, targets=clean)
+        return TrainingPair(inputs=rngs.noisy(self.noise, clean).noisy, targets=clean)
 
     def loss(self, model, pair):
         return LossOutput(F.mse_loss(model(pair.inputs), pair.targets))

@@ -9,7 +9,7 @@ the course networks as N2N) uses the annealed loss of losses.py, as the released
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -47,10 +47,12 @@ class N2N(N2C):
     """Same network and output as N2C; the pair differs, and so does the loss under impulse noise."""
 
     Config = N2NConfig
+    clean_targets: ClassVar[bool] = False
+    noisy_draws: ClassVar[int] = 2
 
     def training_pair(self, clean, rngs):
-        first = self.noise.sample(clean, rngs.noise)
-        second = self.noise.sample(clean, rngs.noise)  # variable styles draw their own level (§1)
+        first = rngs.noisy(self.noise, clean)
+        second = rngs.noisy(self.noise, clean)  # variable styles draw their own level (§1)
         return NoisyTargetPair(inputs=first.noisy, targets=second.noisy, exponent=step_exponent(rngs))
 
     def loss(self, model, pair):

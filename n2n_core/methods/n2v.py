@@ -10,7 +10,7 @@ value is recorded with the run. The SSDN paper's N2V baseline evaluated an EMA o
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -39,6 +39,7 @@ class N2V(N2C):
     """The U-Net sees the masked input; its target is that same noisy input (not a second draw)."""
 
     Config = N2VConfig
+    clean_targets: ClassVar[bool] = False  # N2C's network, not its clean targets
 
     @classmethod
     def check(cls, config, noise, train, evaluation, data):
@@ -47,7 +48,7 @@ class N2V(N2C):
         refuse_impulse("n2v", noise, "its L2 loss on noisy pixels learns the biased mean of impulse noise")
 
     def training_pair(self, clean, rngs):
-        noisy = self.noise.sample(clean, rngs.noise).noisy
+        noisy = rngs.noisy(self.noise, clean).noisy
         inputs, mask = n2v_mask(noisy, rngs.method, self.config.mask_percent,
                                 self.config.radius, self.config.allow_center)
         return TrainingPair(inputs=inputs, targets=noisy, mask=mask)

@@ -62,6 +62,6 @@ class N2V2(N2V):
         return UNet(n_out=self.channels, in_channels=self.channels, rng=rng, pool="blur", top_skip=False)
 
     def training_pair(self, clean, step):
-        noisy = self.noise.sample(clean, step.noise).noisy
+        noisy = step.noisy(self.noise, clean).noisy
         inputs, mask = n2v_median_mask(noisy, step.method, self.config.mask_percent, self.config.radius)
         return TrainingPair(inputs=inputs, targets=noisy, mask=mask)

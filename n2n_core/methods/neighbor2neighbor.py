@@ -134,7 +134,7 @@ class Neighbor2Neighbor(Method):
         return UNet(n_out=self.channels, in_channels=self.channels, rng=rng)
 
     def training_pair(self, clean, step):
-        noisy = self.noise.sample(clean, step.noise).noisy
+        noisy = step.noisy(self.noise, clean).noisy
         n, _, h, w = noisy.shape
         cells = draw_cells(n, h, w, step.method, noisy.device)
         return Neighbor2NeighborPair(inputs=noisy, targets=noisy, cells=cells,

@@ -93,7 +93,7 @@ class Noise2Self(Method):
         return UNet(n_out=self.channels, in_channels=self.channels, rng=rng)
 
     def training_pair(self, clean, step):
-        noisy = self.noise.sample(clean, step.noise).noisy
+        noisy = step.noisy(self.noise, clean).noisy
         phase = grid_phase(step.index, self.config.grid_width)
         mask = grid_mask(*noisy.shape[-2:], self.config.grid_width, phase, noisy.device, noisy.dtype)
         mask = mask.expand_as(noisy)  # a view: batch first, so a torchrun job can split it

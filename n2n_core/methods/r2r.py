@@ -83,7 +83,8 @@ class R2R(Method):
         return UNet(n_out=self.channels, in_channels=self.channels, rng=rng)
 
     def training_pair(self, clean, step):
-        drawn = self.noise.sample(clean, step.noise)
+        drawn = step.noisy(self.noise, clean)
+        # the recorruption is the method's own randomness: fresh at every step, fixed noise or not
         inputs, targets = recorrupt(drawn.noisy, drawn.level, self.config.alpha, step.noise)
         return TrainingPair(inputs=inputs, targets=targets, level=drawn.level)
 

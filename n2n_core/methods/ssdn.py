@@ -96,7 +96,7 @@ class SSDN(Method):
         return SSDNModel(self.channels + self.n_factors, self.config.sigma, rng, self.channels)
 
     def training_pair(self, clean, rngs):
-        drawn = self.noise.sample(clean, rngs.noise)
+        drawn = rngs.noisy(self.noise, clean)
         return TrainingPair(inputs=drawn.noisy, targets=drawn.noisy, level=drawn.level)
 
     def _prior(self, model: SSDNModel, noisy: Tensor, level: Tensor, estimate: Tensor | None = None):
@@ -166,7 +166,7 @@ class SSDNMu(Method):
         return BlindSpotUNet(n_out=self.channels, in_channels=self.channels, rng=rng)
 
     def training_pair(self, clean, rngs):
-        noisy = self.noise.sample(clean, rngs.noise).noisy
+        noisy = rngs.noisy(self.noise, clean).noisy
         return NoisyTargetPair(inputs=noisy, targets=noisy, exponent=step_exponent(rngs))
 
     def loss(self, model, pair):
