@@ -93,6 +93,9 @@ class TrainConfig(Frozen):
     """Stop the run when this many steps in a row had a non-finite gradient."""
     train_set: str = "bsd300-train"
     """Image set the training crops come from (paper: imagenet-val)."""
+    noise_draw: Literal["fresh", "fixed"] = "fresh"
+    """fresh: every crop gets a new noise draw (the papers); fixed: each training image has one noisy
+    realisation (N2N: two) drawn once from the run's seed, and crops are cut from it."""
     validation_set: str = "bsd300"
     """Image set the periodic validation crops come from."""
     device: str = "auto"
@@ -231,6 +234,7 @@ OMITTED_AT_DEFAULT: dict[str, object] = {
     "method_source": None,
     "data.channels": 3,
     "eval.blindspot_stride": 0.5,
+    "train.noise_draw": "fresh",
 }
 
 
