@@ -279,6 +279,19 @@ def test_seed_and_noise_draw_axes_make_one_job_per_value_with_its_own_identity()
         parse_noise_draws("fresh,stale")
 
 
+def test_a_job_sent_to_a_worker_keeps_its_axes_and_label():
+    # a parallel pool's worker or a Ray task rebuilds the job from JSON: its progress and outcome
+    # must still name the seed, or two seeds of one variant would share one entry of the display
+    from benchmarks.grid import select_jobs
+    from benchmarks.jobs import attempt_from_json
+
+    jobs, _ = select_jobs("gaussian25", "smoke", ["n2c"], TINY, seeds=[3])
+    (job,) = jobs
+    rebuilt = attempt_from_json(lambda j: (j.label, j.config.config_hash()), job.variant,
+                                job.config.model_dump_json(), job.eval_id, job.axes)
+    assert rebuilt == ("n2c seed=3", job.config.config_hash())
+
+
 def test_dry_run_names_each_seed_and_bad_seeds_are_one_line(tmp_path):
     from typer.testing import CliRunner
 
