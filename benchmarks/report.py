@@ -4,12 +4,21 @@ For each (noise, profile) with finished runs: a table in Markdown, LaTeX and CSV
 variants in grid order, columns = evaluation sets; ours beside the published number and Δ when
 baselines/ has one) with a caption stating the profile, plus figures: validation PSNR against
 images seen and against wall-clock seconds, per-image PSNR differences against N2C with a bootstrap
-95% interval, and a crop grid. Output is deterministic for a given store.
+95% interval (and the vs-n2c table saying which the interval resolves), and a crop grid. Output is
+deterministic for a given store.
+
+A variant trained with several seeds (`grid --seeds`) is one row: mean ± standard deviation over
+its seeds, their number in a seeds column, and the N2C intervals from a two-level bootstrap
+(benchmarks/spread.py). Runs with fixed noise (`train.noise_draw`) or trained on an evaluation
+set's noisy images (`train.train_set = "noisy:<set>"`) get a table per setting beside the main one
+(fresh noise, clean training set), with the difference to the main row and its interval. A store
+of seed-0, fresh-noise runs only gives the tables it gave before these existed.
 
 Whoever can log to the tracking server decides the tags and metric names this reads, and those
-become file names and LaTeX: a run whose variant, noise, profile or evaluation-set name is not a
-plain name is left out with a warning naming it, every file written is checked to stay inside the
-report folder, and all text set into LaTeX is escaped.
+become file names and LaTeX: a run whose variant, noise, profile, evaluation-set name, noise draw
+or noisy training set is not a plain name (or whose seed is no whole number) is left out with a
+warning naming it, every file written is checked to stay inside the report folder, and all text set
+into LaTeX is escaped.
 """
 
 from __future__ import annotations
@@ -483,12 +492,12 @@ def build_report(tracking_uri: str | None, out: Path,
         main = in_grid_order([g for g in rows if g.noise_draw == "fresh" and not g.noisy_set])
         settings = "" if all(is_default_setting(g) for g in rows) else settings_note(main)
         if main:
-            written_main, section = main_table(client, experiment_id, main, noise, profile, out, settings, readme)
-            written += written_main
+            files, section = main_table(client, experiment_id, main, noise, profile, out, settings, readme)
+            written += files
             sections += section
             main_rows[(noise, profile)] = main
-        for paths_, section in comparison_tables(client, rows, main, noise, profile, out):
-            written += paths_
+        for files, section in comparison_tables(client, rows, main, noise, profile, out):
+            written += files
             sections.append(section)
     paper = paper_tables(main_rows, out)
     written += paper
