@@ -517,6 +517,8 @@ def main_table(client, experiment_id: str, main: list[RunGroup], noise: str, pro
 
     runs = [group.summary() for group in main]
     table, sets = build_table(main, noise)
+    if any(len(group.runs) > 1 for group in main):  # the figures draw one run per row
+        settings += "; curves and crops show each row's lowest seed"
     text = caption(runs, noise, profile, sets, newest_grid_account(client, experiment_id, noise, profile),
                    members=[run for group in main for run in group.runs], settings=settings)
     stem = out / f"psnr-{noise}-{profile}"

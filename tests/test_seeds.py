@@ -146,6 +146,7 @@ def test_table_shows_mean_and_std_over_seeds_as_numpy_computes_them(tmp_path):
     assert "training seeds 0, 1, 2 (seed 0: noisy; seeds 0, 1: n2n)" in markdown
     assert "mean ± sample standard deviation (n − 1)" in markdown
     assert "noise drawn afresh for every training crop" in markdown
+    assert "curves and crops show each row's lowest seed" in markdown
     latex = (out / "psnr-gaussian25-quick.tex").read_text()
     assert f"{mean:.2f} $\\pm$ {std:.2f}" in latex and "±" not in latex and "−" not in latex
     assert "a cell of several training seeds is their mean" in (out / "table1-quick.md").read_text()
