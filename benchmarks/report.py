@@ -41,7 +41,7 @@ from n2n_core.errors import N2NError
 
 from . import paths
 from .mlflow_tracker import NoFinishedRuns, default_tracking_uri, open_store
-from .spread import BOOTSTRAP_SAMPLES, mean_std, resolved
+from .spread import BOOTSTRAP_SAMPLES, mean_std, paired_mean_difference, resolved
 
 # benchmarks/baselines is a link to the project's baselines/ folder, so a wheel carries the
 # published numbers as package data (pyproject.toml) and a clone reads the very same file
@@ -161,6 +161,9 @@ class RunGroup:
 
     def values(self, metric: str) -> list[float]:
         return [run.metrics[metric] for run in self.runs if metric in run.metrics]
+
+    def values_by_seed(self, metric: str) -> dict[int, float]:
+        return {seed: run.metrics[metric] for seed, run in self.by_seed().items() if metric in run.metrics}
 
     def spread(self, metric: str) -> tuple[float | None, float | None, int]:
         """(mean, sample standard deviation, seeds) of a metric over the row's seeds; the standard
@@ -348,11 +351,11 @@ def settings_note(groups: list[RunGroup]) -> str:
     draws = sorted({group.noise_draw for group in groups})
     noisy = sorted({group.noisy_set for group in groups} - {""})
     where = f"noisy images of {', '.join(n.removeprefix(NOISY_SET) for n in noisy)} (train.train_set)" if noisy else ""
-    return (f"{seeds_note(groups)}; noise {' and '.join(DRAW_WORDS.get(d, d) for d in draws)} (train.noise_draw)"
-            + (f"; trained on the {where}" if where else ""))
+    noise = " and ".join(f"{DRAW_WORDS.get(d, d)} (train.noise_draw {d})" for d in draws)
+    return f"{seeds_note(groups)}; noise {noise}" + (f"; trained on the {where}" if where else "")
 
 
-DRAW_WORDS = {"fresh": "drawn afresh for every training crop", "fixed": "drawn once per training image (fixed)"}
+DRAW_WORDS = {"fresh": "drawn afresh for every training crop", "fixed": "drawn once per training image"}
 
 
 def is_default_setting(group: RunGroup) -> bool:
@@ -602,8 +605,10 @@ def setting_suffix(draw: str, noisy: str) -> str:
 def comparison_table(client, groups: list[RunGroup], reference: dict[str, RunGroup],
                      sets: list[str]) -> pd.DataFrame:
     """Per row of one setting: the same variant's reference row (fresh noise, clean training set)
-    and this row per set, mean and standard deviation over seeds, and Δ = this − reference (the
-    difference of the two means) with its two-level bootstrap interval (figures.paired_rows)."""
+    and this row per set, mean and standard deviation over seeds, and Δ = this − reference with its
+    two-level bootstrap interval (figures.paired_rows). Δ pairs seeds as the interval does
+    (spread.paired_mean_difference), so it is the interval's centre; with the same seeds on both
+    sides, the difference of the two means."""
     from . import figures
 
     rows = []
@@ -616,7 +621,7 @@ def comparison_table(client, groups: list[RunGroup], reference: dict[str, RunGro
             mean, std, _ = group.spread(metric)
             delta = low = high = None
             if ref_mean is not None and mean is not None:
-                delta = mean - ref_mean
+                delta = paired_mean_difference(group.values_by_seed(metric), ref.values_by_seed(metric))
                 paired = figures.paired_rows(client, {group.variant: group.by_seed()}, ref.by_seed(), name)
                 if not paired.empty:
                     low, high = float(paired.low.iloc[0]), float(paired.high.iloc[0])
@@ -666,10 +671,11 @@ def comparison_tables(client, rows: list[RunGroup], main: list[RunGroup], noise:
         several = any(len(g.runs) > 1 for g in [*groups, *reference.values()])
         text = (caption(runs, noise, profile, sets, members=[r for g in groups for r in g.runs],
                         settings=settings_note(groups), published=False)
-                + f" Each variant {label} beside the same variant with fresh noise on its clean training set "
-                f"(the main table's row, psnr-{noise}-{profile}); Δ = {label} − fresh noise, the difference of the "
-                f"two means over seeds; {interval_note(several, 'the fresh-noise row')}; "
-                f"seeds: runs behind the fresh-noise row / this row.")
+                + f" Rows: {label}, beside the same variant with fresh noise on its clean training set "
+                f"(its row of psnr-{noise}-{profile}); Δ = {label} − fresh noise, over this row's seeds, each "
+                f"against the fresh-noise run of the same seed where there is one, else against the fresh-noise "
+                f"mean (with the same seeds on both sides: the difference of the two means); "
+                f"{interval_note(several, 'the fresh-noise row')}; seeds: runs behind the fresh-noise row / this row.")
         stem = out / f"psnr-{noise}-{profile}-{setting_suffix(draw, noisy)}"
         files = [_write_text(out, stem.with_suffix(".md"), plain_markdown(header, cells, text)),
                  _write_text(out, stem.with_suffix(".tex"), plain_latex(header, cells, text)),
@@ -691,8 +697,8 @@ def paper_tables(groups: dict[tuple[str, str], list], out: Path) -> list[Path]:
             continue
         runs = [g.summary() for g in rows]
         several = [g for g in rows if len(g.runs) > 1]
-        seeds = (f"; a cell of several training seeds is their mean ({seeds_note(rows)}: standard deviations in "
-                 f"the per-noise tables)" if several else "")
+        seeds = ("; a cell of a variant trained with several seeds is their mean (standard deviations in the "
+                 "per-noise tables)" if several else "")
         sets = [s for s in SET_ORDER if any(f"psnr_{s}" in r.metrics for r in runs)]
         table, names = table1.build(runs, load_baselines(), sets)
         text = (f"PSNR (dB) in the layout of the SSDN paper's Table 1, profile '{profile}' "

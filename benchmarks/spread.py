@@ -69,6 +69,15 @@ def paired_differences(runs: dict[int, pd.Series], reference: dict[int, pd.Serie
     return np.array([row.loc[common].to_numpy() for row in rows.values()]).reshape(len(rows), len(common))
 
 
+def paired_mean_difference(values: dict[int, float], reference: dict[int, float]) -> float:
+    """A method's mean (seed → value) minus a reference's under paired_differences' rule: each seed
+    against the reference's value of the same seed where it has one, else against the reference's
+    mean; so the centre of the bootstrap interval. With the same seeds on both sides it is the
+    difference of the two means."""
+    mean = float(np.mean(list(reference.values())))
+    return float(np.mean([value - reference.get(seed, mean) for seed, value in values.items()]))
+
+
 def resolved(low: float, high: float) -> bool:
     """A difference is resolved when its interval excludes 0."""
     return low > 0 or high < 0

@@ -149,7 +149,7 @@ def test_table_shows_mean_and_std_over_seeds_as_numpy_computes_them(tmp_path):
     assert "curves and crops show each row's lowest seed" in markdown
     latex = (out / "psnr-gaussian25-quick.tex").read_text()
     assert f"{mean:.2f} $\\pm$ {std:.2f}" in latex and "±" not in latex and "−" not in latex
-    assert "a cell of several training seeds is their mean" in (out / "table1-quick.md").read_text()
+    assert "a cell of a variant trained with several seeds is their mean" in (out / "table1-quick.md").read_text()
 
 
 def test_a_store_of_single_seed_fresh_runs_reports_as_before(tmp_path):
@@ -205,10 +205,13 @@ def test_fixed_noise_beside_fresh_noise_and_noisy_set_rows_beside_their_fresh_ro
     store.run("n2c", 0, 30 + rng.normal(0, 0.3, len(IMAGES)))
     fresh = store.run("n2v", 0, 28 + rng.normal(0, 0.3, len(IMAGES)))
     fixed = store.run("n2v", 0, 27.4 + rng.normal(0, 0.3, len(IMAGES)), draw="fixed")
-    on_test = store.run("n2v", 0, 28.3 + rng.normal(0, 0.3, len(IMAGES)), train_set="noisy:kodak24")
+    # trained on the noisy test images: seeds 0 and 5 against fresh-noise seeds 0 and 1
+    ssdn = {s: store.run("ssdn-known", s, 29 + rng.normal(0, 0.3, len(IMAGES))) for s in (0, 1)}
+    on_test = {s: store.run("ssdn-known", s, 29.3 + rng.normal(0, 0.3, len(IMAGES)), train_set="noisy:kodak24")
+               for s in (0, 5)}
     out = store.report()
     main = pd.read_csv(out / "psnr-gaussian25-quick.csv")
-    assert sorted(main.variant) == ["n2c", "n2v"]  # one row each: fixed and noisy-set runs are elsewhere
+    assert sorted(main.variant) == ["n2c", "n2v", "ssdn-known"]  # fixed and noisy-set runs are elsewhere
     assert main.set_index("variant").loc["n2v", "kodak24"] == pytest.approx(fresh["mean"], abs=1e-4)
 
     side = pd.read_csv(out / "psnr-gaussian25-quick-fixed-noise.csv").set_index("variant")
@@ -222,13 +225,22 @@ def test_fixed_noise_beside_fresh_noise_and_noisy_set_rows_beside_their_fresh_ro
     delta = fixed["mean"] - fresh["mean"]
     assert f"| n2v | 1 / 1 | {fresh['mean']:.2f} | {fixed['mean']:.2f} | {delta:+.2f} [{low:+.2f}, {high:+.2f}]" in text
     assert "| kodak24 fresh noise | kodak24 fixed noise | kodak24 Δ [95% interval] |" in text
-    assert "noise drawn once per training image (fixed)" in text and "training seed 0" in text
+    assert "noise drawn once per training image (train.noise_draw fixed)" in text and "training seed 0" in text
     assert "crops from bsd300-train" in text
     latex = (out / "psnr-gaussian25-quick-fixed-noise.tex").read_text()
     assert r"kodak24 $\Delta$ [95\% interval]" in latex
 
     noisy = pd.read_csv(out / "psnr-gaussian25-quick-trained-on-noisy-kodak24.csv").set_index("variant")
-    assert noisy.loc["n2v", "kodak24_delta"] == pytest.approx(on_test["mean"] - fresh["mean"], abs=1e-4)
+    assert list(noisy.index) == ["ssdn-known"] and noisy.loc["ssdn-known", "seeds"] == 2
+    # seed 0 against fresh seed 0; seed 5 (no fresh run) against the fresh mean over seeds 0 and 1
+    fresh_mean = (ssdn[0]["psnr"] + ssdn[1]["psnr"]) / 2
+    diffs = np.array([on_test[0]["psnr"] - ssdn[0]["psnr"], on_test[5]["psnr"] - fresh_mean])
+    assert noisy.loc["ssdn-known", "kodak24_delta"] == pytest.approx(diffs.mean(), abs=1e-4)
+    assert noisy.loc["ssdn-known", "kodak24_reference"] == pytest.approx(np.mean([r["mean"] for r in ssdn.values()]),
+                                                                         abs=1e-4)
+    low, high = hand_two_level(diffs)
+    assert (noisy.loc["ssdn-known", "kodak24_low"], noisy.loc["ssdn-known", "kodak24_high"]) == \
+        pytest.approx((low, high), abs=1e-4)
     text = (out / "psnr-gaussian25-quick-trained-on-noisy-kodak24.md").read_text()
     assert "kodak24 trained on noisy:kodak24" in text and "crops from noisy:kodak24" in text
     assert "trained on the noisy images of kodak24" in text
