@@ -16,6 +16,7 @@ import seaborn as sns  # noqa: E402
 
 from n2n_core.train.checkpoint import atomic_write  # noqa: E402
 
+# bootstrap_ci and BOOTSTRAP_SAMPLES lived here: still importable from here (benchmarks/perf uses it)
 from .spread import BOOTSTRAP_SAMPLES, bootstrap_ci, paired_differences, resolved, two_level_ci  # noqa: E402,F401
 
 PNG_META = {"Software": None}  # no version stamp: the same store gives byte-identical files
