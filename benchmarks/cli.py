@@ -363,7 +363,8 @@ def _print_store(tracking_uri: Optional[str], what: str) -> None:
 @app.command(epilog=_examples(
     "n2n-bench grid --noise gaussian25 --profile smoke --methods noisy,n2c,ssdn-known",
     "n2n-bench grid --table paper --profile reproduction --dry-run",
-    "n2n-bench grid --noise poisson30 --config run.toml --jobs 2 --tracking-uri http://mlflow:5000"))
+    "n2n-bench grid --noise poisson30 --config run.toml --jobs 2 --tracking-uri http://mlflow:5000",
+    "n2n-bench grid --noise gaussian25 --methods n2c,n2n,n2v --seeds 0,1,2 --noise-draw fresh,fixed"))
 @friendly_errors
 def grid(
     noise: Optional[str] = typer.Option(None, help="noise style, e.g. gaussian25 (with --table paper: all when omitted)"),
@@ -372,6 +373,10 @@ def grid(
                                           "or an installed plugin's name (n2n-bench list methods)"),
     table: str = typer.Option("default", help="default (grid.toml's variants) or paper (the released experiment list)"),
     overrides: list[str] = typer.Option([], "--set", help="section.key=value for every job"),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="train every variant once per training seed, e.g. 0,1,2 "
+                                        "(the report shows mean ± std over seeds; training-free methods run once)"),
+    noise_draw: Optional[str] = typer.Option(None, "--noise-draw", help="train every variant once per train.noise_draw "
+                                             "value, e.g. fresh,fixed (default: the configuration's, fresh)"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default $MLFLOW_TRACKING_URI, else mlflow.db of the project)"),
     data_dir: Optional[Path] = typer.Option(None, help="data directory (default $N2N_DATA)"),
     report: bool = typer.Option(True, help="rebuild results/ from MLflow afterwards"),
@@ -391,28 +396,31 @@ def grid(
 ) -> None:
     """Train and score every method variant valid for a noise style; log every run to MLflow."""
     from benchmarks import paths
-    from benchmarks.grid import default_profile, make_executor, parse_jobs, plan, run_grid, select_jobs
+    from benchmarks.grid import (default_profile, make_executor, parse_jobs, parse_noise_draws, parse_seeds, plan,
+                                 run_grid, select_jobs)
 
     profile = profile or default_profile()
     out = writable_folder(out or paths.results_dir(), "--out")
     runs_dir = writable_folder(runs_dir or paths.runs_root(), "--runs-dir")
     chosen = [m.strip() for m in methods.split(",")] if methods else None
     overrides = [*_file_overrides(config), *overrides]
+    axes = {"seeds": parse_seeds(seeds), "noise_draws": parse_noise_draws(noise_draw)}
     if print_config:
-        _print_configs([(job.variant, job.config, None) for job in select_jobs(noise, profile, chosen, overrides, table)[0]])
+        _print_configs([(job.label, job.config, None)
+                        for job in select_jobs(noise, profile, chosen, overrides, table, **axes)[0]])
         return
     if dry_run:
-        jobs, left_out = select_jobs(noise, profile, chosen, overrides, table)
+        jobs, left_out = select_jobs(noise, profile, chosen, overrides, table, **axes)
         for line in plan(jobs, tracking_uri):
             typer.echo(json.dumps(line) if json_out else
-                       f"{line['variant']:<26} {line['noise']:<13} {line['budget_images']:>10,} images  "
+                       f"{line['label']:<26} {line['noise']:<13} {line['budget_images']:>10,} images  "
                        f"{line['channels']} ch  {'finished' if line['finished'] else 'to run'}")
         for name, why in left_out.items():
             typer.echo(f"not applicable: {name} ({why})", err=True)
         return
     run_on = make_executor(executor, tracking_uri, ray_address, ray_cpus, parse_jobs(jobs))  # checked before any write
     outcome = run_grid(noise, profile, chosen, overrides, tracking_uri, runs_root=runs_dir,
-                       data_dir=_data_dir(data_dir), executor=run_on, table=table)
+                       data_dir=_data_dir(data_dir), executor=run_on, table=table, **axes)
     for name, why in outcome.not_applicable.items():
         typer.echo(f"not applicable: {name} ({why})", err=True)
     typer.echo(f"grid {noise or table} {profile}: {len(outcome.ran)} ran, {len(outcome.skipped)} already finished, "

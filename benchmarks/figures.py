@@ -16,8 +16,10 @@ import seaborn as sns  # noqa: E402
 
 from n2n_core.train.checkpoint import atomic_write  # noqa: E402
 
+# bootstrap_ci and BOOTSTRAP_SAMPLES lived here: still importable from here (benchmarks/perf uses it)
+from .spread import BOOTSTRAP_SAMPLES, bootstrap_ci, paired_differences, resolved, two_level_ci  # noqa: E402,F401
+
 PNG_META = {"Software": None}  # no version stamp: the same store gives byte-identical files
-BOOTSTRAP_SAMPLES = 2000
 # One colour per method variant in every figure of every report (curves, Δ vs N2C): keyed by the
 # variant's name, so a method keeps its colour whatever runs a store holds. Families share a hue
 # family (tab20's light/dark pairs); variants not listed get a stable colour from their name.
@@ -129,13 +131,6 @@ def learning_curves(client, runs, noise: str, profile: str, out: Path) -> list[P
     return [_save(fig, out / f"curves-{noise}-{profile}.png")]
 
 
-def bootstrap_ci(diffs: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the mean of `diffs` (fixed seed: reproducible)."""
-    rng = np.random.default_rng(seed)
-    means = rng.choice(diffs, size=(samples, len(diffs)), replace=True).mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def _artifact(client, run_id: str, name: str, folder: Path) -> Path | None:
     try:
         return Path(client.download_artifacts(run_id, name, str(folder)))
@@ -143,33 +138,70 @@ def _artifact(client, run_id: str, name: str, folder: Path) -> Path | None:
         return None
 
 
-def per_image_vs_n2c(client, runs, noise, profile, dataset: str, out: Path) -> list[Path]:
-    """Mean per-image PSNR difference to N2C with a bootstrap 95% interval, per method."""
+def per_image_psnr(client, runs, dataset: str) -> dict[str, pd.Series]:
+    """run id → PSNR per image id (mean over the image's repeats), from each run's psnr-<dataset>.csv
+    artefact; a run without one is left out."""
+    tables = {}
     with tempfile.TemporaryDirectory() as tmp:
-        tables = {}
         for run in runs:
             path = _artifact(client, run.run_id, f"psnr-{dataset}.csv", Path(tmp) / run.run_id)
             if path is not None:
-                tables[run.variant] = pd.read_csv(path).groupby("image_id").psnr.mean()
-    if "n2c" not in tables or len(tables) < 2:
-        return []
+                tables[run.run_id] = pd.read_csv(path).groupby("image_id").psnr.mean()
+    return tables
+
+
+def paired_rows(client, runs_by_variant: dict[str, dict[int, object]], reference: dict[int, object],
+                dataset: str, skip: str | None = None) -> pd.DataFrame:
+    """Per variant (in the order given): the mean per-image PSNR difference to `reference` on
+    `dataset` over every seed and image, and its two-level bootstrap 95% interval.
+
+    runs_by_variant: variant → {training seed: run}; reference: {seed: run} of the method compared
+    against (paired seed by seed where it has the seed, else its mean over seeds: spread.paired_differences).
+    Columns method, seeds, mean, low, high, resolved; variants without per-image PSNRs (or `skip`) left out."""
+    every = [run for runs in [*runs_by_variant.values(), reference] for run in runs.values()]
+    tables = per_image_psnr(client, list({run.run_id: run for run in every}.values()), dataset)
+    against = {seed: tables[run.run_id] for seed, run in reference.items() if run.run_id in tables}
     rows = []
-    for variant, per_image in tables.items():
-        if variant == "n2c":
+    for variant, runs in runs_by_variant.items():
+        mine = {seed: tables[run.run_id] for seed, run in runs.items() if run.run_id in tables}
+        diffs = paired_differences(mine, against) if variant != skip else np.empty((0, 0))
+        if diffs.size == 0:
             continue
-        diffs = (per_image - tables["n2c"]).dropna().to_numpy()
-        low, high = bootstrap_ci(diffs)
-        rows.append({"method": variant, "mean": diffs.mean(), "low": low, "high": high})
-    data = pd.DataFrame(rows)
+        low, high = two_level_ci(diffs)
+        rows.append({"method": variant, "seeds": len(mine), "mean": float(diffs.mean()), "low": low,
+                     "high": high, "resolved": resolved(low, high)})
+    return pd.DataFrame(rows, columns=["method", "seeds", "mean", "low", "high", "resolved"])
+
+
+def vs_n2c_rows(client, runs_by_variant: dict[str, dict[int, object]], dataset: str) -> pd.DataFrame:
+    """paired_rows against N2C's runs; empty without an N2C run or another variant to compare."""
+    if "n2c" not in runs_by_variant:
+        return paired_rows(client, {}, {}, dataset)
+    return paired_rows(client, runs_by_variant, runs_by_variant["n2c"], dataset, skip="n2c")
+
+
+def vs_n2c_figure(data: pd.DataFrame, noise, profile, dataset: str, out: Path) -> list[Path]:
+    """Mean per-image PSNR difference to N2C with its 95% interval, per method (vs_n2c_rows)."""
+    if data.empty:
+        return []
+    several = bool((data["seeds"] > 1).any())
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(data) + 1.5))
     for i, row in data.iterrows():
-        ax.errorbar([row["mean"]], [row["method"]], xerr=[[row["mean"] - row["low"]], [row["high"] - row["mean"]]],
+        label = row["method"] + (f" ({row['seeds']} seeds)" if row["seeds"] > 1 else "")
+        ax.errorbar([row["mean"]], [label], xerr=[[row["mean"] - row["low"]], [row["high"] - row["mean"]]],
                     fmt="o", capsize=4, color=method_colour(row["method"]))
     ax.axvline(0, color="grey", lw=1)
-    ax.set_xlabel(f"PSNR − N2C (dB), per image on {dataset}; 95% bootstrap interval")
+    ax.set_xlabel(f"PSNR − N2C (dB), per image on {dataset}; 95% "
+                  + ("two-level bootstrap interval (seeds, then images)" if several else "bootstrap interval"))
     ax.set_title(f"{noise}, profile {profile}")
     fig.tight_layout()
     return [_save(fig, out / f"vs-n2c-{dataset}-{noise}-{profile}.png")]
+
+
+def per_image_vs_n2c(client, runs, noise, profile, dataset: str, out: Path) -> list[Path]:
+    """The figure of vs_n2c_rows for runs of one seed each."""
+    rows = vs_n2c_rows(client, {run.variant: {0: run} for run in runs}, dataset)
+    return vs_n2c_figure(rows, noise, profile, dataset, out)
 
 
 def crop_grid(client, runs, noise, profile, dataset: str, out: Path) -> list[Path]:
@@ -210,9 +242,12 @@ def crop_grid(client, runs, noise, profile, dataset: str, out: Path) -> list[Pat
     return [_save(fig, out / f"crops-{dataset}-{noise}-{profile}.png")]
 
 
-def all_figures(client, runs, noise, profile, sets, out: Path) -> list[Path]:
+def all_figures(client, runs, noise, profile, sets, out: Path, vs_n2c: pd.DataFrame | None = None) -> list[Path]:
+    """Curves, Δ vs N2C and crops of `runs` (one per variant); vs_n2c: the Δ rows when computed
+    already (over several seeds: vs_n2c_rows), else from these runs."""
     written = learning_curves(client, runs, noise, profile, out)
     if sets:
-        written += per_image_vs_n2c(client, runs, noise, profile, sets[0], out)
+        written += (per_image_vs_n2c(client, runs, noise, profile, sets[0], out) if vs_n2c is None
+                    else vs_n2c_figure(vs_n2c, noise, profile, sets[0], out))
         written += crop_grid(client, runs, noise, profile, sets[0], out)
     return written

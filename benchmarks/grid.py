@@ -8,9 +8,12 @@ goes on). The executor decides where jobs run: `jobs.run_local` one after anothe
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import itertools
 import sys
 import time
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +22,7 @@ import torch
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from n2n_core.config import load_toml
+from n2n_core.config import ExperimentConfig, TrainConfig, load_toml
 from n2n_core.data.images import default_data_dir
 from n2n_core.errors import N2NError, NoiseNotSupported
 from n2n_core.methods import external
@@ -41,6 +44,9 @@ Executor = Callable[[list[Job], Attempt], Iterator[tuple[Job, tuple[str, str]]]]
 
 @dataclass
 class GridOutcome:
+    """The jobs of a grid by what became of them, each named by its label (Job.label: the variant,
+    plus its seed and noise draw in a grid with --seeds or --noise-draw)."""
+
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
@@ -170,8 +176,10 @@ def plan(jobs: list[Job], tracking_uri: str | None = None) -> list[dict]:
         client, experiment_id = open_store(uri)
         finished = {job.config.config_hash() for job in jobs
                     if finished_run(client, experiment_id, job.config.config_hash()) is not None}
-    return [{"variant": job.variant, "noise": job.config.noise, "budget_images": job.config.train.budget_images,
-              "channels": getattr(getattr(job.config, "data", None), "channels", 3),
+    return [{"variant": job.variant, "label": job.label, "seed": job.config.seed,
+             "noise_draw": job.config.train.noise_draw,
+             "noise": job.config.noise, "budget_images": job.config.train.budget_images,
+             "channels": getattr(getattr(job.config, "data", None), "channels", 3),
              "eval_id": job.eval_id, "config_hash": job.config.config_hash(),
              "finished": job.config.config_hash() in finished} for job in jobs]
 
@@ -189,17 +197,90 @@ def default_profile() -> str:
     return "reproduction" if torch.cuda.is_available() else "quick"
 
 
+NOISE_DRAWS: tuple[str, ...] = typing.get_args(TrainConfig.model_fields["noise_draw"].annotation)
+
+
+def parse_seeds(value: str | None) -> list[int] | None:
+    """--seeds 0,1,2: distinct whole numbers of at least 0, in the order given; None when not given."""
+    if value is None:
+        return None
+    items = [item.strip() for item in value.split(",")]
+    if not all(item.isascii() and item.isdigit() for item in items):
+        raise N2NError(f"--seeds takes comma-separated whole numbers of at least 0, got {value!r}; e.g. --seeds 0,1,2")
+    seeds = [int(item) for item in items]
+    if len(set(seeds)) != len(seeds):
+        raise N2NError(f"--seeds {value}: a seed is named twice; name each seed once, e.g. --seeds 0,1,2")
+    return seeds
+
+
+def parse_noise_draws(value: str | None) -> list[str] | None:
+    """--noise-draw fresh,fixed: distinct values of train.noise_draw; None when not given."""
+    if value is None:
+        return None
+    draws = [item.strip() for item in value.split(",")]
+    unknown = [d for d in draws if d not in NOISE_DRAWS]
+    if unknown or len(set(draws)) != len(draws):
+        raise N2NError(f"--noise-draw takes distinct values among {', '.join(NOISE_DRAWS)} (comma-separated), "
+                       f"got {value!r}; e.g. --noise-draw fresh,fixed")
+    return draws
+
+
+def with_axes(jobs: list[Job], seeds: list[int] | None = None,
+              noise_draws: list[str] | None = None) -> tuple[list[Job], dict[str, str]]:
+    """Every trainable job once per seed and noise draw given, the value set in its configuration
+    (so in its identity) and named in its label; without axes the jobs as they are. Also returns
+    the jobs a method refuses (NoiseNotSupported, as expand leaves variants out) with the reason.
+
+    A training-free job (noisy, cbm3d, zs-n2n) stays one job as composed: no training seed or
+    training noise reaches it (benchmarks/training.py returns before either is used; zs-n2n's fit
+    has its own method.seed), so more copies would repeat one result under new identities. Seed
+    first, then noise draw, then the grid's order: an interrupted grid has finished whole seeds."""
+    if seeds is None and noise_draws is None:
+        return jobs, {}
+    from n2n_core.methods import method_class
+
+    out, left_out = [], {}
+    for seed, draw in itertools.product(seeds or [None], noise_draws or [None]):
+        for job in jobs:
+            if not method_class(job.config.method.name, job.config.method_source).trainable:
+                if (seed, draw) == ((seeds or [None])[0], (noise_draws or [None])[0]):
+                    out.append(job)  # once, where its turn comes first
+                continue
+            tree = job.config.model_dump(mode="json")  # validated again: a method may refuse a draw
+            axes = []
+            if seed is not None:
+                tree["seed"] = seed
+                axes.append(("seed", str(seed)))
+            if draw is not None:
+                tree["train"]["noise_draw"] = draw
+                axes.append(("noise_draw", draw))
+            labelled = Job(job.variant, job.config, job.eval_id, tuple(axes))
+            try:
+                out.append(dataclasses.replace(labelled, config=ExperimentConfig.model_validate(tree)))
+            except ValidationError as err:
+                refusals = [e.get("ctx", {}).get("error") for e in err.errors()]
+                if not all(isinstance(r, NoiseNotSupported) for r in refusals):
+                    raise
+                left_out[labelled.label] = "; ".join(str(r) for r in refusals)
+    return out, left_out
+
+
 def select_jobs(noise: str | None, profile: str, methods: list[str] | None = None,
-                overrides: list[str] = (), table: str = "default") -> tuple[list[Job], dict[str, str]]:
+                overrides: list[str] = (), table: str = "default", seeds: list[int] | None = None,
+                noise_draws: list[str] | None = None) -> tuple[list[Job], dict[str, str]]:
     """The jobs of a grid: the default table's variants for one noise style (grid.toml), or the
-    released experiment list (`paper`, configs/paper.toml), optionally narrowed to some variants."""
+    released experiment list (`paper`, configs/paper.toml), optionally narrowed to some variants,
+    each trainable one once per seed and noise draw when those are given (with_axes)."""
     if table not in TABLES:
         raise N2NError(f"unknown table {table!r}; expected one of: {', '.join(TABLES)}")
     if table == "default":
         if noise is None:
             raise N2NError("--noise is required (e.g. --noise gaussian25), unless --table paper is given")
-        return expand(noise, profile, methods, overrides)
-    return expand_paper(profile, noise, overrides, methods), {}
+        jobs, left_out = expand(noise, profile, methods, overrides)
+    else:
+        jobs, left_out = expand_paper(profile, noise, overrides, methods), {}
+    jobs, refused = with_axes(jobs, seeds, noise_draws)
+    return jobs, {**left_out, **refused}
 
 
 def matmul_rate(jobs: list) -> float | None:
@@ -232,12 +313,15 @@ def grid_floor(client, experiment_id: str, parent_id: str, rate: float | None) -
 def run_grid(noise: str | None, profile: str, methods: list[str] | None = None, overrides: list[str] = (),
              tracking_uri: str | None = None, runs_root: Path | None = None,
              data_dir: Path | None = None, progress: bool = True,
-             executor: Executor = run_local, table: str = "default") -> GridOutcome:
-    """Run every job of the grid through `executor`; never stops at a failing job."""
+             executor: Executor = run_local, table: str = "default", seeds: list[int] | None = None,
+             noise_draws: list[str] | None = None) -> GridOutcome:
+    """Run every job of the grid through `executor`; never stops at a failing job.
+
+    seeds, noise_draws: grid axes (`--seeds`, `--noise-draw`), every trainable variant once per value."""
     data_dir = data_dir or default_data_dir()
     runs_root = runs_root or paths.runs_root()
     tracking_uri = tracking_uri or default_tracking_uri()
-    jobs, left_out = select_jobs(noise, profile, methods, overrides, table)  # bad input: nothing written
+    jobs, left_out = select_jobs(noise, profile, methods, overrides, table, seeds, noise_draws)  # bad input: nothing written
     # an executor says whether its jobs run on this machine (Ray nodes have their own devices)
     here = getattr(getattr(executor, "func", executor), "runs_here", False)
     check_jobs(jobs, data_dir, check_device=here)  # a grid wrong for every job: refused, nothing written
@@ -259,15 +343,16 @@ def run_grid(noise: str | None, profile: str, methods: list[str] | None = None, 
     # such; a finished (skipped) job leaves the total instead of advancing it at no cost
     bar = tqdm(total=sum(job_weight(job) for job in jobs), desc=f"grid {label} {profile}", unit="img",
                unit_scale=True, disable=not progress, position=0, dynamic_ncols=True)
-    by_variant, done = {}, 0
+    # keyed by job label, not variant: the jobs of one variant at several seeds are separate jobs
+    by_label, done = {}, 0
     shown: dict[str, int] = {}  # per running job: its images already on the bar
     running: dict[str, int] = {}  # the jobs training now and their images seen, for the display
 
-    def advance(variant: str, images_seen: int) -> None:  # running jobs report as they train
-        running[variant] = images_seen
-        if images_seen > shown.get(variant, 0):
-            bar.update(images_seen - shown.get(variant, 0))
-            shown[variant] = images_seen
+    def advance(label: str, images_seen: int) -> None:  # running jobs report as they train
+        running[label] = images_seen
+        if images_seen > shown.get(label, 0):
+            bar.update(images_seen - shown.get(label, 0))
+            shown[label] = images_seen
         show_running()
 
     def show_running() -> None:
@@ -277,10 +362,10 @@ def run_grid(noise: str | None, profile: str, methods: list[str] | None = None, 
     jobs_module.progress_hook = advance
     try:
         for job, (status, why) in executor(jobs, attempt):
-            by_variant[job.variant] = (status, why)
+            by_label[job.label] = (status, why)
             done += 1
-            running.pop(job.variant, None)
-            seen = min(shown.pop(job.variant, 0), job_weight(job))
+            running.pop(job.label, None)
+            seen = min(shown.pop(job.label, 0), job_weight(job))
             if status == "skipped":
                 bar.total -= job_weight(job)
             else:
@@ -293,13 +378,13 @@ def run_grid(noise: str | None, profile: str, methods: list[str] | None = None, 
         jobs_module.progress_hook = None
     bar.close()
     for job in jobs:  # in grid order, whatever order the executor finished them in
-        status, why = by_variant[job.variant]
+        status, why = by_label[job.label]
         if status == "failed":
-            outcome.failed[job.variant] = why
+            outcome.failed[job.label] = why
         elif status == "busy":
-            outcome.busy[job.variant] = why
+            outcome.busy[job.label] = why
         else:
-            (outcome.ran if status == "ran" else outcome.skipped).append(job.variant)
+            (outcome.ran if status == "ran" else outcome.skipped).append(job.label)
     try:
         client.log_metric(parent_id, "grid_wall_seconds", time.time() - started)
         for key, value in grid_floor(client, experiment_id, parent_id, rate).items():

@@ -61,6 +61,15 @@ class Job:
     variant: str
     config: ExperimentConfig
     eval_id: str | None = None  # the released experiment list's id (grid --table paper)
+    axes: tuple[tuple[str, str], ...] = ()
+    """The grid axes this job is one value of, e.g. (("seed", "1"),) for `grid --seeds`: several
+    jobs of one variant differ only there, so the grid names each by its label."""
+
+    @property
+    def label(self) -> str:
+        """How a grid names the job (progress, outcomes, dry run): the variant, plus its axis values
+        where it has any (`n2c seed=1 noise_draw=fixed`)."""
+        return " ".join([self.variant, *(f"{key}={value}" for key, value in self.axes)])
 
 
 def git_commit() -> str:
@@ -100,6 +109,8 @@ def job_tags(job: Job, data_dir: Path) -> dict[str, str]:
         "bm3d_version": package_version("bm3d"), "python_version": platform.python_version(),
         "device": str(resolve_device(cfg.train.device)), "data_sha256": data_digest(cfg, data_dir),
         "torch_threads": str(torch.get_num_threads()),
+        # what tells the runs of one variant apart in the report's rows (report.finished_run_groups)
+        "seed": str(cfg.seed), "noise_draw": cfg.train.noise_draw, "train_set": cfg.train.train_set,
         **({"method_source": cfg.method_source.spec} if cfg.method_source else {}),
         **({"eval_id": job.eval_id} if job.eval_id else {}),
     }
@@ -219,8 +230,9 @@ def check_jobs(jobs: list[Job], data_dir: Path, check_device: bool = True) -> No
 
 
 def run_name(job: Job) -> str:
-    """What MLflow shows for a job's run: `<variant> · <noise> · <profile>`."""
-    return f"{job.variant} · {job.config.noise} · {job.config.profile}"
+    """What MLflow shows for a job's run: `<variant> · <noise> · <profile>` (`<variant> seed=1 · …`
+    for a job of a grid axis)."""
+    return f"{job.label} · {job.config.noise} · {job.config.profile}"
 
 
 def history_tags(images_before: int, budget: int) -> dict[str, str]:
@@ -257,14 +269,14 @@ def run_job(client, experiment_id: str, parent_id: str | None, job: Job, runs_ro
             "run_dir": str(out_dir.resolve()), **process_tags()}
     with store_errors(client.tracking_uri):  # a store on a full disk: one line, not a traceback
         run = client.create_run(experiment_id, run_name=run_name(job), tags=tags)
-    hook = progress_hook  # the grid's display: (variant, images seen) as the job trains
+    hook = progress_hook  # the grid's display: (job label, images seen) as the job trains
     tracker = MlflowTracker(client, run.info.run_id,
-                            on_step=None if hook is None else lambda seen: hook(job.variant, seen))
+                            on_step=None if hook is None else lambda seen: hook(job.label, seen))
     monitor = None
     try:
         tracker.log_params(cfg.flat())
         out_dir.mkdir(parents=True, exist_ok=True)
-        note = resume_note(job.variant, out_dir, cfg)
+        note = resume_note(job.label, out_dir, cfg)
         if note:
             tqdm.write(note, file=sys.stderr)  # above the grid's progress bar, not inside it
         started = time.time()
@@ -315,7 +327,7 @@ def run_job(client, experiment_id: str, parent_id: str | None, job: Job, runs_ro
         return JobResult(run.info.run_id, result, scores)
     except BaseException as err:
         if isinstance(err, KeyboardInterrupt):  # for the command's last line (cli.friendly_errors)
-            err.n2n_note = interruption_note(job.variant, out_dir, cfg)
+            err.n2n_note = interruption_note(job.label, out_dir, cfg)
         if monitor is not None:
             monitor.finish()
         if tracker.broken is not None:  # one bounded attempt: the server may be back
@@ -450,7 +462,7 @@ def _init_worker(threads: int, progress_queue=None) -> None:
     and its jobs' training progress sent to the grid's one display through `progress_queue`."""
     global progress_hook
     if progress_queue is not None:
-        progress_hook = lambda variant, seen: progress_queue.put((variant, seen))  # noqa: E731
+        progress_hook = lambda label, seen: progress_queue.put((label, seen))  # noqa: E731
     os.environ["N2N_CORES"] = str(threads)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = str(threads)
@@ -472,13 +484,15 @@ def _stop_worker(signum, frame):
     raise KeyboardInterrupt
 
 
-def attempt_from_json(attempt: Attempt, variant: str, config_json: str, eval_id: str | None):
+def attempt_from_json(attempt: Attempt, variant: str, config_json: str, eval_id: str | None,
+                      axes: tuple = ()):
     """The attempt of one job sent to another process as plain data (a pool worker, a Ray task)."""
     # the configuration travels as JSON: an external method's class is imported again from its
     # recorded file in the worker (a pickled instance of it would not unpickle there)
     if _stopping:  # a job the pool had queued before the grid stopped
         raise KeyboardInterrupt
-    job = Job(variant, ExperimentConfig.model_validate_json(config_json), eval_id)
+    job = Job(variant, ExperimentConfig.model_validate_json(config_json), eval_id,
+              tuple((str(key), str(value)) for key, value in axes))
     return attempt(job)
 
 
@@ -531,7 +545,7 @@ def run_parallel(jobs: Iterable[Job], attempt: Attempt, workers: int = 2,
     with ProcessPoolExecutor(max_workers=workers, mp_context=context,
                              initializer=_init_worker, initargs=(max(1, cores // workers), queue)) as pool:
         pending = {pool.submit(attempt_from_json, attempt, job.variant, job.config.model_dump_json(),
-                               job.eval_id): job for job in todo}
+                               job.eval_id, job.axes): job for job in todo}
         try:
             while pending:
                 done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)

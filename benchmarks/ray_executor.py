@@ -92,11 +92,12 @@ def connect(tracking_uri: str, address: str | None) -> bool:
     return started
 
 
-def _run_attempt(attempt: Attempt, variant: str, config_json: str, eval_id: str | None) -> tuple[str, str]:
+def _run_attempt(attempt: Attempt, variant: str, config_json: str, eval_id: str | None,
+                 axes: tuple = ()) -> tuple[str, str]:
     """One Ray task: the attempt opens the tracking store on this node and runs the job, rebuilt
     from its JSON configuration (an external method's class is imported again from its recorded
     file on the node; a pickled Job holding it would not unpickle there)."""
-    return attempt_from_json(attempt, variant, config_json, eval_id)
+    return attempt_from_json(attempt, variant, config_json, eval_id, axes)
 
 
 def run_ray(jobs: list[Job], attempt: Attempt, address: str | None = None,
@@ -118,7 +119,8 @@ def run_ray(jobs: list[Job], attempt: Attempt, address: str | None = None,
             if attempt.finished(job):
                 yield job, ("skipped", "")
             else:
-                pending[task.remote(attempt, job.variant, job.config.model_dump_json(), job.eval_id)] = job
+                pending[task.remote(attempt, job.variant, job.config.model_dump_json(), job.eval_id,
+                                    job.axes)] = job
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
