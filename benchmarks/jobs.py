@@ -457,12 +457,32 @@ def run_local(jobs: Iterable[Job], attempt: Attempt) -> Iterator[tuple[Job, tupl
         yield job, attempt(job)
 
 
-def _init_worker(threads: int, progress_queue=None) -> None:
+def _die_with_the_grid(grid_pid: int) -> None:
+    """Have the kernel send this worker SIGTERM when the grid's process dies (Linux's
+    PR_SET_PDEATHSIG): a grid killed with SIGKILL cannot stop its workers itself, and a worker
+    left training would hold its run folder, so the rerun would find the job "running elsewhere".
+    The worker then unwinds like Ctrl-C: run KILLED, checkpoint kept."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # not Linux: the grid's own SIGTERM handling still applies
+        return
+    if os.getppid() != grid_pid:  # the grid died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _init_worker(threads: int, progress_queue=None, grid_pid: int | None = None) -> None:
     """A parallel grid's worker: `threads` intra-op threads, CBM3D's pool sized to the same share,
-    and its jobs' training progress sent to the grid's one display through `progress_queue`."""
+    its jobs' training progress sent to the grid's one display through `progress_queue`, and
+    stopped when the grid's process dies."""
     global progress_hook
     if progress_queue is not None:
         progress_hook = lambda label, seen: progress_queue.put((label, seen))  # noqa: E731
+        # progress not yet sent when the worker exits is dropped, not waited for: with the grid
+        # gone nothing reads the pipe (its siblings hold it open), and the exit would hang
+        progress_queue.cancel_join_thread()
     os.environ["N2N_CORES"] = str(threads)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = str(threads)
@@ -471,9 +491,14 @@ def _init_worker(threads: int, progress_queue=None) -> None:
     # the grid was started with SIGINT ignored): unwind like Ctrl-C
     signal.signal(signal.SIGTERM, _stop_worker)
     signal.signal(signal.SIGINT, _stop_worker)
+    if grid_pid is not None:
+        global _grid_pid
+        _grid_pid = grid_pid
+        _die_with_the_grid(grid_pid)
 
 
 _stopping = False  # set in a worker by the grid's SIGTERM: it takes no further job
+_grid_pid: int | None = None  # in a pool worker: the grid process that started it
 
 
 def _stop_worker(signum, frame):
@@ -493,7 +518,14 @@ def attempt_from_json(attempt: Attempt, variant: str, config_json: str, eval_id:
         raise KeyboardInterrupt
     job = Job(variant, ExperimentConfig.model_validate_json(config_json), eval_id,
               tuple((str(key), str(value)) for key, value in axes))
-    return attempt(job)
+    try:
+        return attempt(job)
+    finally:
+        if _grid_pid is not None and os.getppid() != _grid_pid:
+            # the grid died (SIGKILL): its job has unwound (run KILLED, checkpoint kept); nothing
+            # will read a result or send another job, and the pool's pipes would keep this worker
+            # waiting forever
+            os._exit(143)
 
 
 def _stop_workers(pool) -> None:
@@ -543,7 +575,7 @@ def run_parallel(jobs: Iterable[Job], attempt: Attempt, workers: int = 2,
 
     workers = min(workers, len(todo))
     with ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                             initializer=_init_worker, initargs=(max(1, cores // workers), queue)) as pool:
+                             initializer=_init_worker, initargs=(max(1, cores // workers), queue, os.getpid())) as pool:
         pending = {pool.submit(attempt_from_json, attempt, job.variant, job.config.model_dump_json(),
                                job.eval_id, job.axes): job for job in todo}
         try:

@@ -22,7 +22,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # torch starts its pool, so two workers do not oversubscribe two cores; the CLI subprocesses a
     # test starts inherit it, so a test's in-process and subprocess runs reduce in the same order
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("N2N_CORES", "1")  # each worker's share: `grid --jobs auto` runs one job at a time
+# one core's share per test process (xdist worker or -n 0): `grid --jobs auto` runs one job at a time
+# in the grid's own process, as the tests of stops and resumes expect; a test that wants a pool says so
+os.environ.setdefault("N2N_CORES", "1")
 
 import numpy as np
 import pytest

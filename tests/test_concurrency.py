@@ -262,6 +262,27 @@ def test_parallel_grid_stopped_by_sigterm_stops_its_running_jobs(tmp_path, data_
     assert all(0 < torch.load(p, weights_only=True)["images_seen"] < 100000 for p in checkpoints)
 
 
+def test_parallel_grid_killed_with_sigkill_takes_its_workers_with_it(tmp_path, data_dir):
+    # SIGKILL gives the grid no chance to stop its pool: the workers must die with it (the kernel
+    # sends them SIGTERM), else they train on, holding their run folders, and the rerun of the
+    # same command finds its own jobs "running elsewhere"
+    import psutil
+
+    empty_store(tmp_path / "mlflow.db")
+    args = [*grid_args(tmp_path, "n2c,n2n"), "--jobs", "2", "--set", "train.budget_images=100000"]
+    grid = Cli(tmp_path, "killed", args, 0, data_dir, N2N_CORES="2")
+    for variant in ("n2c", "n2n"):
+        wait_for_checkpoint(f"runs/{variant}-*/checkpoint.pt", tmp_path, grid)
+    workers = psutil.Process(grid.proc.pid).children(recursive=True)
+    assert len([w for w in workers if "spawn" in " ".join(w.cmdline())]) >= 2, [w.cmdline() for w in workers]
+    grid.proc.send_signal(signal.SIGKILL)
+    assert grid.wait() == -signal.SIGKILL
+    gone, alive = psutil.wait_procs(workers, timeout=60)
+    assert not alive, f"workers still running after the grid was killed: {[w.pid for w in alive]}"
+    checkpoints = sorted((tmp_path / "runs").glob("*/checkpoint.pt"))
+    assert len(checkpoints) == 2 and all(0 < torch.load(p, weights_only=True)["images_seen"] < 100000 for p in checkpoints)
+
+
 def test_train_interrupted_by_ctrl_c_keeps_its_checkpoint_and_resumes(tmp_path, data_dir, monkeypatch):
     out = tmp_path / "run"
     args = ["train", *N2C, *TINY, "--out", out, "--json"]
