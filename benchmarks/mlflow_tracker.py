@@ -346,9 +346,12 @@ def start_system_metrics(tracking_uri: str, run_id: str):
                     self._shutdown_event.set()
                     self._process.join()
                     if self._logging_step == 0:
-                        sampled = self.aggregate_metrics()
-                        if sampled:
-                            self.publish_metrics(sampled)
+                        try:  # best effort, as MLflow's own loop: a store that fails is the run's to report
+                            sampled = self.aggregate_metrics()
+                            if sampled:
+                                self.publish_metrics(sampled)
+                        except Exception:
+                            pass
                 super().finish()  # flushes what was published
 
         monitor = EveryRunMonitor(run_id, tracking_uri=tracking_uri)
