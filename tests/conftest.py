@@ -395,3 +395,31 @@ def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     order = {id(item): i for i, item in enumerate(items)}
     items.sort(key=lambda item: (rank.get(Path(str(item.fspath)).name, len(rank)), order[id(item)]))
+
+
+@pytest.fixture
+def grid_postfixes(monkeypatch) -> list[str]:
+    """The texts the grid's progress bar shows beside its count (benchmarks.grid.tqdm replaced by a
+    recorder), in order: which jobs are running, and how far each has trained."""
+    import benchmarks.grid as grid
+
+    shown: list[str] = []
+
+    class Bar:
+        def __init__(self, *args, total=0, **kwargs):
+            self.total = total
+
+        def update(self, n=1):
+            pass
+
+        def set_postfix_str(self, text, refresh=True):
+            shown.append(text)
+
+        def refresh(self):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(grid, "tqdm", Bar)
+    return shown

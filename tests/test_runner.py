@@ -208,31 +208,12 @@ def test_caption_names_rows_scored_otherwise_and_the_cost_of_training_free_metho
     assert "train nothing" not in caption(runs[:1], "gaussian25", "quick", ["kodak24"])
 
 
-def test_parallel_jobs_show_their_progress_and_score_as_a_job_run_alone(tmp_path, data_dir, monkeypatch):
+def test_parallel_jobs_show_their_progress_and_score_as_a_job_run_alone(tmp_path, data_dir, grid_postfixes):
     # two 1-thread jobs side by side (--jobs 2 on 2 cores) against the same job alone at 2 threads:
     # only float reduction order differs, so the PSNRs agree to far better than 0.02 dB
-    import benchmarks.grid as grid
     from benchmarks.grid import make_executor
 
-    postfixes = []
-
-    class Bar:
-        def __init__(self, *args, total=0, **kwargs):
-            self.total = total
-
-        def update(self, n=1):
-            pass
-
-        def set_postfix_str(self, text, refresh=True):
-            postfixes.append(text)
-
-        def refresh(self):
-            pass
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(grid, "tqdm", Bar)
+    postfixes = grid_postfixes
     both = empty_store(tmp_path / "both.db")
     outcome = run_grid("gaussian25", "smoke", ["n2c", "n2n"], TINY, both, runs_root=tmp_path / "both",
                        data_dir=data_dir, progress=False, executor=make_executor("local", jobs=2, cores=2))

@@ -357,28 +357,12 @@ def test_grid_with_two_seeds_trains_each_variant_once_per_seed_and_reports_the_s
     assert "training seeds 0, 1 (seed 0: noisy)" in markdown
 
 
-def test_two_seeds_of_one_variant_train_side_by_side_as_two_jobs(tmp_path, data_dir, monkeypatch):
+def test_two_seeds_of_one_variant_train_side_by_side_as_two_jobs(tmp_path, data_dir, grid_postfixes):
     # a parallel grid: the two jobs of n2c run at once in two worker processes, and the display and
     # the outcome keep them apart (both were keyed by variant before seeds were an axis)
-    import benchmarks.grid as grid
     from benchmarks.grid import make_executor, run_grid
 
-    postfixes = []
-
-    class Bar:
-        def __init__(self, *args, total=0, **kwargs):
-            self.total = total
-
-        def update(self, n=1):
-            pass
-
-        def set_postfix_str(self, text, refresh=True):
-            postfixes.append(text)
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(grid, "tqdm", Bar)
+    postfixes = grid_postfixes
     uri = empty_store(tmp_path / "mlflow.db")
     outcome = run_grid("gaussian25", "smoke", ["n2c"], TINY, uri, runs_root=tmp_path / "runs", data_dir=data_dir,
                        progress=False, executor=make_executor("local", jobs=2, cores=2), seeds=[0, 1])
