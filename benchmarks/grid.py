@@ -92,18 +92,17 @@ JOB_MEMORY_BYTES = 3 << 30  # what one local job may need at the quick profile, 
 def auto_jobs(cores: int | None = None, available_bytes: int | None = None) -> int:
     """`--jobs auto`: on a CPU one job per usable core, each with one thread; with CUDA one job.
 
-    On the 2-core development machine a 1-thread step runs at 1.21–1.33× its FLOP floor against
-    1.43–1.58× at 2 threads (benchmarks/perf/README.md), so two 1-thread jobs side by side do more
-    work than one 2-thread job. Jobs on one GPU would only queue on it. Capped at one job per
-    JOB_MEMORY_BYTES of available memory."""
+    On the 2-core development machine, quiet, side by side was as fast as one 2-thread job at a
+    time for the U-Net and blind-spot jobs and faster for the small course networks; under load two
+    OpenMP threads per job were pathological (benchmarks/perf/README.md, "Jobs side by side").
+    Jobs on one GPU would only queue on it. Capped at one job per JOB_MEMORY_BYTES of free memory."""
     if torch.cuda.is_available():
         return 1
-    import psutil
-
+    from n2n_core.device import free_memory
     from n2n_core.methods.cbm3d import usable_cores
 
     cores = cores or usable_cores()
-    available = psutil.virtual_memory().available if available_bytes is None else available_bytes
+    available = free_memory(torch.device("cpu")) if available_bytes is None else available_bytes
     return max(1, min(cores, available // JOB_MEMORY_BYTES))
 
 

@@ -57,3 +57,12 @@ def keep_freed_memory() -> bool:
             except (OSError, AttributeError):  # not glibc
                 pass
     return _freed_memory_kept
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on `device` (CUDA: the driver's count; CPU: available memory)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ..device import free_memory
 from ..noise import NoisyBatch
 
 
@@ -46,15 +47,6 @@ def tiles_per_call(noisy: Tensor, tile: int, free_bytes: int | None = None) -> i
         free_bytes = free_memory(noisy.device)
     per_tile = noisy.shape[0] * tile * tile * ACTIVATION_BYTES_PER_PIXEL
     return max(1, (free_bytes // 4) // per_tile)
-
-
-def free_memory(device: torch.device) -> int:
-    """Bytes free for new tensors on `device` (CUDA: the driver's count; CPU: available memory)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    import psutil
-
-    return psutil.virtual_memory().available
 
 
 def denoise_tiled(denoise: Callable[[NoisyBatch], Tensor], batch: NoisyBatch, tile: int,
