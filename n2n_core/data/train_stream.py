@@ -57,11 +57,6 @@ def cut(image: torch.Tensor, top: int, left: int, size: int) -> torch.Tensor:
     return image[:, top : top + size, left : left + size]
 
 
-def same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Equal shapes and values, a NaN equal to a NaN (the placeholder of noisy: sets)."""
-    return a is b or (a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all()))
-
-
 class CropStream:
     """Random square crops (float32 in [0, 1]) from a list of uint8 (C, H, W) images.
 
@@ -158,7 +153,9 @@ class FixedCrops:
 
     def next(self, clean: torch.Tensor) -> NoisyBatch:
         """The batch's next realisation, on `clean`'s device and dtype."""
-        if not same_values(clean, self.clean):
+        # the very tensor the stream handed the method: comparing values would cost a pass over
+        # the batch (and a host sync on CUDA) every step
+        if clean is not self.clean:
             raise N2NError("step.noisy got crops that are not the batch's (changed before the draw?); under "
                            "fixed noise draw first with step.noisy(self.noise, clean), then transform the result")
         k, size = self.drawn, self.stream.patch_size
