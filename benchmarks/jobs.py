@@ -109,7 +109,7 @@ def job_tags(job: Job, data_dir: Path) -> dict[str, str]:
         "bm3d_version": package_version("bm3d"), "python_version": platform.python_version(),
         "device": str(resolve_device(cfg.train.device)), "data_sha256": data_digest(cfg, data_dir),
         "torch_threads": str(torch.get_num_threads()),
-        # what tells the runs of one variant apart in the report's rows (report.finished_run_groups)
+        # what tells the runs of one variant apart in the report's rows (report_runs.finished_run_groups)
         "seed": str(cfg.seed), "noise_draw": cfg.train.noise_draw, "train_set": cfg.train.train_set,
         **({"method_source": cfg.method_source.spec} if cfg.method_source else {}),
         **({"eval_id": job.eval_id} if job.eval_id else {}),

@@ -183,7 +183,7 @@ def test_the_logged_network_loads_with_mlflow_pytorch_and_matches_the_checkpoint
 def test_a_reused_checkpoint_is_tagged_and_the_curves_name_it(tracked, tmp_path):
     from benchmarks import figures
     from benchmarks.mlflow_tracker import open_store
-    from benchmarks.report import finished_job_runs
+    from benchmarks.report_runs import finished_job_runs
 
     client, experiment_id = open_store(tracked["uri"])
     run = client.get_run(tracked["reused"]["mlflow_run_id"])

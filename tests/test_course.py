@@ -381,7 +381,9 @@ def test_a_bad_sweep_fails_before_anything_is_written(tmp_path, data_dir, axes, 
 
 
 def test_report_names_the_32px_crops_and_joins_course32_baselines_whatever_the_noise():
-    from benchmarks.report import JobRun, build_table, crop_sizes
+    from benchmarks.captions import crop_sizes
+    from benchmarks.report import build_table
+    from benchmarks.report_runs import JobRun
 
     def run(variant, patch, metrics):
         return JobRun(variant, variant, "gaussian25", "quick", {"train.patch_size": patch}, metrics, {}, 0)

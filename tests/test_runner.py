@@ -167,7 +167,7 @@ def test_grid_killed_mid_job_resumes_and_matches_an_uninterrupted_run(tmp_path, 
 def test_report_shows_the_newest_finished_run_of_each_variant(tmp_path):
     # a variant whose configuration changed (a fix, a --set) has several FINISHED runs with different
     # hashes; its table row is the newest one, and unfinished runs never count
-    from benchmarks.report import finished_job_runs
+    from benchmarks.report_runs import finished_job_runs
 
     client, experiment_id = open_store(empty_store(tmp_path / "mlflow.db"))
 
@@ -190,7 +190,8 @@ def test_report_shows_the_newest_finished_run_of_each_variant(tmp_path):
 
 
 def test_caption_names_rows_scored_otherwise_and_the_cost_of_training_free_methods():
-    from benchmarks.report import JobRun, caption
+    from benchmarks.captions import caption
+    from benchmarks.report_runs import JobRun
 
     def run(variant, params, metrics):
         base = {"train.budget_images": "2000", "train.patch_size": "64", "eval.sets": "['kodak24']",
@@ -252,7 +253,8 @@ def test_a_table_filled_by_two_grids_states_each_grids_wall_time_and_floor():
 
     from mlflow.exceptions import MlflowException
 
-    from benchmarks.report import JobRun, floor_note, grid_accounts
+    from benchmarks.captions import floor_note
+    from benchmarks.report_runs import JobRun, grid_accounts
 
     def parent(start, wall, floor, rate, grid="1"):
         metrics = {"grid_wall_seconds": wall, "grid_floor_seconds": floor, "matmul_gflops": rate}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 from benchmarks import table1
-from benchmarks.report import JobRun
+from benchmarks.report_runs import JobRun
 
 
 def run(variant: str, noise: str, psnr: float) -> JobRun:
