@@ -133,7 +133,10 @@ def interval_note(several: bool, reference: str) -> str:
            if several else "a bootstrap over images (one training seed)")
     return (f"95% interval from {how}: each run's per-image PSNRs (mean over repeats) paired with {reference}'s "
             f"run of the same training seed where {reference} has that seed, else with {reference}'s per-image "
-            f"mean over its seeds; {BOOTSTRAP_SAMPLES} resamples, generator seed 0; resolved: the interval excludes 0")
+            f"mean over its seeds (a method that trains nothing: with each of {reference}'s seeds in turn, so "
+            f"that their spread is resampled); {BOOTSTRAP_SAMPLES} resamples, generator seed 0; resolved: the interval "
+            "excludes 0" + ("; not judged (one seed): a row of one training seed among rows of several, whose "
+                            "interval resamples images alone and would be too narrow" if several else ""))
 
 
 def setting_label(draw: str, noisy: str) -> str:

@@ -156,21 +156,30 @@ def paired_rows(client, runs_by_variant: dict[str, dict[int, object]], reference
     `dataset` over every seed and image, and its two-level bootstrap 95% interval.
 
     runs_by_variant: variant → {training seed: run}; reference: {seed: run} of the method compared
-    against (paired seed by seed where it has the seed, else its mean over seeds: spread.paired_differences).
-    Columns method, seeds, mean, low, high, resolved; variants without per-image PSNRs (or `skip`) left out."""
+    against (paired seed by seed where it has the seed, else its mean over seeds; a variant that
+    trains nothing against each of its seeds: spread.paired_differences). Columns method, seeds,
+    seed_rows (rows of seeds the interval resamples), mean, low, high, resolved; variants without
+    per-image PSNRs (or `skip`) left out."""
     every = [run for runs in [*runs_by_variant.values(), reference] for run in runs.values()]
     tables = per_image_psnr(client, list({run.run_id: run for run in every}.values()), dataset)
     against = {seed: tables[run.run_id] for seed, run in reference.items() if run.run_id in tables}
     rows = []
     for variant, runs in runs_by_variant.items():
         mine = {seed: tables[run.run_id] for seed, run in runs.items() if run.run_id in tables}
-        diffs = paired_differences(mine, against) if variant != skip else np.empty((0, 0))
+        diffs = (paired_differences(mine, against, seed_free=trains_nothing(runs.values()))
+                 if variant != skip else np.empty((0, 0)))
         if diffs.size == 0:
             continue
         low, high = two_level_ci(diffs)
-        rows.append({"method": variant, "seeds": len(mine), "mean": float(diffs.mean()), "low": low,
-                     "high": high, "resolved": resolved(low, high)})
-    return pd.DataFrame(rows, columns=["method", "seeds", "mean", "low", "high", "resolved"])
+        rows.append({"method": variant, "seeds": len(mine), "seed_rows": len(diffs), "mean": float(diffs.mean()),
+                     "low": low, "high": high, "resolved": resolved(low, high)})
+    return pd.DataFrame(rows, columns=["method", "seeds", "seed_rows", "mean", "low", "high", "resolved"])
+
+
+def trains_nothing(runs) -> bool:
+    """Runs of a method that saw no training image (noisy, cbm3d, zs-n2n): no training seed moves them."""
+    runs = list(runs)
+    return bool(runs) and all(run.metrics.get("images_seen", 1) == 0 for run in runs)
 
 
 def vs_n2c_rows(client, runs_by_variant: dict[str, dict[int, object]], dataset: str) -> pd.DataFrame:

@@ -37,7 +37,7 @@ from .captions import caption, interval_note, scoring_note, setting_label, setti
 from .mlflow_tracker import NoFinishedRuns, default_tracking_uri, open_store
 from .report_runs import (RunGroup, as_groups, finished_run_groups, grid_accounts, in_grid_order,
                           is_default_setting)
-from .spread import paired_mean_difference, resolved
+from .spread import judged, paired_mean_difference, resolved
 from .table_text import (cell_text, interval_text, is_missing, ours_text, plain_latex, plain_markdown,
                          seeds_cells, to_latex, to_markdown)
 
@@ -185,14 +185,20 @@ def main_table(client, experiment_id: str, main: list[RunGroup], noise: str, pro
 
 
 def vs_n2c_table(rows: pd.DataFrame, dataset: str, noise: str, profile: str) -> tuple[list[str], list[list[str]], str]:
-    """(header, cells, caption) of the Δ vs N2C table: which differences the intervals resolve."""
+    """(header, cells, caption) of the Δ vs N2C table: which differences the intervals resolve, and
+    which they cannot judge (one training seed among rows of several: spread.judged)."""
+    several = bool((rows.seed_rows > 1).any())
+    verdict = [("yes" if row.resolved else "no") if judged(row.seed_rows, several) else "not judged (one seed)"
+               for row in rows.itertuples()]
     header = ["method", "seeds", "PSNR − N2C (dB)", "95% interval", "resolved"]
-    cells = [[row.method, str(row.seeds), f"{row.mean:+.2f}", interval_text(row.low, row.high),
-              "yes" if row.resolved else "no"] for row in rows.itertuples()]
-    named = {flag: ", ".join(rows.method[rows.resolved == flag]) or "none" for flag in (True, False)}
+    cells = [[row.method, str(row.seeds), f"{row.mean:+.2f}", interval_text(row.low, row.high), word]
+             for row, word in zip(rows.itertuples(), verdict)]
+    named = {word: ", ".join(m for m, v in zip(rows.method, verdict) if v == word) for word in dict.fromkeys(verdict)}
     note = (f"Per-image PSNR of each method minus N2C's on {dataset}, {noise}, profile '{profile}': the mean over "
-            f"images and training seeds; {interval_note(bool((rows.seeds > 1).any()), 'N2C')}. "
-            f"Resolved: {named[True]}; not resolved: {named[False]}.")
+            f"images and training seeds; {interval_note(several, 'N2C')}. "
+            f"Resolved: {named.get('yes') or 'none'}; not resolved: {named.get('no') or 'none'}"
+            + (f"; not judged (one training seed): {named['not judged (one seed)']}" if "not judged (one seed)" in named
+               else "") + ".")
     return header, cells, note
 
 
@@ -214,19 +220,25 @@ def comparison_table(client, groups: list[RunGroup], reference: dict[str, RunGro
             ref_mean, ref_std, _ = ref.spread(metric) if ref else (None, None, 0)
             mean, std, _ = group.spread(metric)
             delta = low = high = None
+            seed_rows = 0
             if ref_mean is not None and mean is not None:
-                delta = paired_mean_difference(group.values_by_seed(metric), ref.values_by_seed(metric))
+                delta = paired_mean_difference(group.values_by_seed(metric), ref.values_by_seed(metric),
+                                               seed_free=figures.trains_nothing(group.runs))
                 paired = figures.paired_rows(client, {group.variant: group.by_seed()}, ref.by_seed(), name)
                 if not paired.empty:
                     low, high = float(paired.low.iloc[0]), float(paired.high.iloc[0])
+                    seed_rows = int(paired.seed_rows.iloc[0])
             row |= {f"{name}_reference": ref_mean, f"{name}_reference_std": ref_std, name: mean,
-                    f"{name}_std": std, f"{name}_delta": delta, f"{name}_low": low, f"{name}_high": high}
+                    f"{name}_std": std, f"{name}_delta": delta, f"{name}_low": low, f"{name}_high": high,
+                    f"{name}_seed_rows": seed_rows}
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def comparison_cells(table: pd.DataFrame, sets: list[str], label: str) -> tuple[list[str], list[list[str]]]:
-    """(header, cells): per set the reference, this setting, and Δ [interval] (resolved)."""
+def comparison_cells(table: pd.DataFrame, sets: list[str], label: str,
+                     several: bool) -> tuple[list[str], list[list[str]]]:
+    """(header, cells): per set the reference, this setting, and Δ [interval] with 'resolved' where
+    it is, or 'not judged (one seed)' where the interval resamples images alone (spread.judged)."""
     header = ["method", "seeds (fresh / this)"]
     for name in sets:
         header += [f"{name} fresh noise", f"{name} {label}", f"{name} Δ [95% interval]"]
@@ -238,7 +250,11 @@ def comparison_cells(table: pd.DataFrame, sets: list[str], label: str) -> tuple[
             delta, low, high = row.get(f"{name}_delta"), row.get(f"{name}_low"), row.get(f"{name}_high")
             change = "" if is_missing(delta) else f"{delta:+.2f}"
             if change and not (is_missing(low) or is_missing(high)):
-                change += f" {interval_text(low, high)}" + (" resolved" if resolved(low, high) else "")
+                change += f" {interval_text(low, high)}"
+                if not judged(int(row.get(f"{name}_seed_rows", 1)), several):
+                    change += " not judged (one seed)"
+                elif resolved(low, high):
+                    change += " resolved"
             line += [ours_text(reference, name), ours_text(row, name), change]
         cells.append(line)
     return header, cells
@@ -261,8 +277,8 @@ def comparison_tables(client, rows: list[RunGroup], main: list[RunGroup], noise:
         sets += sorted({k[5:] for r in runs for k in r.metrics if k.startswith("psnr_")} - set(sets))
         label = setting_label(draw, noisy)
         table = comparison_table(client, groups, reference, sets)
-        header, cells = comparison_cells(table, sets, label)
         several = any(len(g.runs) > 1 for g in [*groups, *reference.values()])
+        header, cells = comparison_cells(table, sets, label, several)
         text = (caption(runs, noise, profile, sets, members=[r for g in groups for r in g.runs],
                         settings=settings_note(groups), published=False)
                 + f" Rows: {label}, beside the same variant with fresh noise on its clean training set "

@@ -54,28 +54,45 @@ def two_level_ci(diffs: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int 
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def paired_differences(runs: dict[int, pd.Series], reference: dict[int, pd.Series]) -> np.ndarray:
+def paired_differences(runs: dict[int, pd.Series], reference: dict[int, pd.Series],
+                       seed_free: bool = False) -> np.ndarray:
     """Per-image PSNR differences of a method's runs against a reference's, one row per seed of
     `runs` (ascending), one column per image that every row has (image ids ascending).
 
     Each run (seed → PSNR per image id) is paired with the reference's run of the same training
     seed where the reference has one (same seed: same crop order and noise draws, so their
-    difference carries less chance), else with the reference's per-image mean over its seeds."""
+    difference carries less chance), else with the reference's per-image mean over its seeds.
+    A seed-free method (one run of a method that trains nothing, so no training seed moves it) is
+    set against every seed of the reference instead, a row each: the bootstrap then resamples the
+    reference's seeds, whose spread is the whole seed spread of such a difference."""
     if not runs or not reference:
         return np.empty((0, 0))
-    reference_mean = pd.concat(list(reference.values()), axis=1).mean(axis=1)
-    rows = {seed: (psnr - reference.get(seed, reference_mean)).dropna() for seed, psnr in sorted(runs.items())}
+    if seed_free and len(runs) == 1:
+        (only,) = runs.values()
+        rows = {seed: (only - psnr).dropna() for seed, psnr in sorted(reference.items())}
+    else:
+        reference_mean = pd.concat(list(reference.values()), axis=1).mean(axis=1)
+        rows = {seed: (psnr - reference.get(seed, reference_mean)).dropna() for seed, psnr in sorted(runs.items())}
     common = sorted(set.intersection(*(set(row.index) for row in rows.values())))
     return np.array([row.loc[common].to_numpy() for row in rows.values()]).reshape(len(rows), len(common))
 
 
-def paired_mean_difference(values: dict[int, float], reference: dict[int, float]) -> float:
+def paired_mean_difference(values: dict[int, float], reference: dict[int, float], seed_free: bool = False) -> float:
     """A method's mean (seed → value) minus a reference's under paired_differences' rule: each seed
     against the reference's value of the same seed where it has one, else against the reference's
-    mean; so the centre of the bootstrap interval. With the same seeds on both sides it is the
-    difference of the two means."""
+    mean (a seed-free method: against the mean); so the centre of the bootstrap interval. With the
+    same seeds on both sides it is the difference of the two means."""
     mean = float(np.mean(list(reference.values())))
+    if seed_free and len(values) == 1:
+        return float(next(iter(values.values())) - mean)
     return float(np.mean([value - reference.get(seed, mean) for seed, value in values.items()]))
+
+
+def judged(seed_rows: int, several: bool) -> bool:
+    """Whether an interval may call a difference resolved or not: it covers the training seeds (two
+    rows or more of paired_differences), or no row of its table has several (the one-seed report).
+    An interval of one seed among rows of several resamples images alone, too narrow to judge."""
+    return seed_rows > 1 or not several
 
 
 def resolved(low: float, high: float) -> bool:

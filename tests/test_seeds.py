@@ -199,6 +199,42 @@ def test_vs_n2c_intervals_come_from_the_two_level_bootstrap_and_say_what_is_reso
     assert "Δ vs N2C on kodak24" in page and "Resolved: n2n" in page
 
 
+def test_a_method_that_trains_nothing_is_set_against_every_seed_of_n2c(tmp_path):
+    # noisy has one run and no training seed: its difference to N2C must carry N2C's seed spread
+    # (rows: noisy − N2C seed s for every s), not N2C's seed 0 alone as a trained seed-0 run would
+    store = Store(tmp_path)
+    rng = np.random.default_rng(6)
+    n2c = {s: store.run("n2c", s, 30 + s + rng.normal(0, 0.3, len(IMAGES)))["psnr"] for s in (0, 1, 2)}
+    noisy = store.run("noisy", 0, 20 + rng.normal(0, 0.1, len(IMAGES)))["psnr"]
+    out = store.report()
+    vs = pd.read_csv(out / "vs-n2c-kodak24-gaussian25-quick.csv").set_index("method")
+    diffs = np.array([noisy - n2c[s] for s in (0, 1, 2)])
+    assert vs.loc["noisy", "seed_rows"] == 3
+    assert vs.loc["noisy", "mean"] == pytest.approx(np.mean(noisy) - np.mean([n2c[s].mean() for s in n2c]), abs=1e-4)
+    assert (vs.loc["noisy", "low"], vs.loc["noisy", "high"]) == pytest.approx(hand_two_level(diffs), abs=1e-4)
+    # the seeds 0, 1 and 2 dB apart widen it past the one-level interval against seed 0 alone
+    assert vs.loc["noisy", "high"] - vs.loc["noisy", "low"] > 1.0
+    assert np.subtract(*hand_one_level(diffs[0])[::-1]) < 1.0
+
+
+def test_one_seed_among_rows_of_several_is_not_called_resolved(tmp_path):
+    # a one-seed row's interval resamples images alone: among rows of several seeds it cannot judge
+    store = Store(tmp_path)
+    rng = np.random.default_rng(7)
+    base = 30 + rng.normal(0, 1.0, len(IMAGES))
+    for s in (0, 1, 2):
+        store.run("n2c", s, base + rng.normal(0, 0.05, len(IMAGES)))
+        store.run("n2n", s, base + 1.0 + rng.normal(0, 0.05, len(IMAGES)))
+    store.run("n2v", 0, base + 1.0 + rng.normal(0, 0.05, len(IMAGES)))  # far from 0 over images
+    store.run("n2v", 0, base + 1.2 + rng.normal(0, 0.05, len(IMAGES)), draw="fixed")
+    out = store.report()
+    text = (out / "vs-n2c-kodak24-gaussian25-quick.md").read_text()
+    assert "| n2n | 3 | +1.00 |" in text and "Resolved: n2n; not resolved: none; not judged (one training seed): n2v." in text
+    assert re.search(r"\| n2v \| 1 \| \+1\.0\d \| \[[^]]+\] \| not judged \(one seed\) \|", text)
+    side = (out / "psnr-gaussian25-quick-fixed-noise.md").read_text()
+    assert "not judged (one seed)" in side.split("\n")[2] and " resolved" not in side.split("\n")[2]
+
+
 def test_fixed_noise_beside_fresh_noise_and_noisy_set_rows_beside_their_fresh_rows(tmp_path):
     store = Store(tmp_path)
     rng = np.random.default_rng(4)
