@@ -36,9 +36,8 @@ from ..seeding import derive_seed, make_generator
 FIXED_CACHE_BYTES = 512 * 2**20
 """Noisy whole images kept for reuse under fixed noise (least recently used first out); 512 MiB
 holds bsd300-train's 200 images once (~370 MB as float32). A set too large for it (ImageNet)
-redraws a whole image per crop: a 512² draw took ~12 ms (Gaussian), ~15 ms (impulse), ~47 ms
-(Poisson) on one thread of the busy 2-core development machine, small beside a CPU training step
-but not beside a fast GPU's."""
+redraws a whole image per crop: small beside a CPU training step, not beside a fast GPU's
+(benchmarks/perf/README.md, "Measurements behind other choices")."""
 
 
 def pad_reflect(image: torch.Tensor, height: int, width: int) -> torch.Tensor:

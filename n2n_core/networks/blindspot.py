@@ -8,9 +8,9 @@ centre, so the output at a pixel does not depend on the input at that pixel.
 Implementation: the spec's "pad a zero row on top, convolve same, drop the last row" is done as a
 pad of 2 zero rows on top and a convolution that pads only the columns (padding (0, 1)): the same
 numbers, one copy instead of pad + crop, and no wasted row. Padding the columns in the copy too and
-convolving 'valid' measured ~10 % slower on that conv (fwd + bwd, CPU, channels_last). Keeping conv
-padding (2, 1) and carrying 2 junk rows at the bottom instead avoids even the copy, but oneDNN's
-backward is ~2.4× slower for padding ≥ 2 on a 3×3 kernel, while the pad copies cost ~3 % of a step.
+convolving 'valid' is slower, and so is conv padding (2, 1) with 2 junk rows carried at the bottom
+(oneDNN's backward takes a slow path for padding ≥ 2 on a 3×3 kernel); benchmarks/perf/README.md,
+"What changed", item 4.
 
 Layout: channels_last throughout, like the U-Net (unet.py). The rotations are autograd Functions
 whose backward is the inverse rearrangement (see `_StackRotations`).

@@ -15,9 +15,8 @@ stay those of docs/methods.md §3 (conv1a then reads 96 channels instead of 99).
 Layout: both networks run in channels_last (NHWC) whatever layout the caller passes, and hand the
 output back in the caller's layout. On CPU, oneDNN convolutions on NCHW tensors reorder every input,
 output and gradient to a blocked layout and back, and 1×1 convs on NCHW take PyTorch's slow
-im2col path; in NHWC neither happens. Measured on this project's 2-core CPU
-(benchmarks/perf/README.md): the 3×3 convs' forward and backward 10–40 % faster, U-Net training
-steps 0.7–0.85× the NCHW time. Unmeasured on CUDA, where cuDNN's tensor-core kernels prefer NHWC.
+im2col path; in NHWC neither happens (measured: benchmarks/perf/README.md, "What changed", item 1).
+cuDNN's tensor-core kernels prefer NHWC as well.
 """
 
 from __future__ import annotations
@@ -70,9 +69,8 @@ class _UpsampleCat(torch.autograd.Function):
     The upsampled h is copied straight into its channels of the output (viewed as (N, C, H, 2, W, 2)
     blocks), and the backward sums the four gradient entries of each 2×2 block from that same
     view. `F.interpolate` + `torch.cat` write the upsampled tensor twice, and the interpolate's
-    backward first copies its channel slice of the gradient out: 37 ms → 10 ms fwd + bwd at the
-    128² level of a batch of 4 on 2 CPU threads; whole steps 0.95–0.97× (blind-spot net, its 16
-    views), 0.98–1.0× (U-Net).
+    backward first copies its channel slice of the gradient out (measured: benchmarks/perf/README.md,
+    "What changed", item 5).
     """
 
     @staticmethod
