@@ -107,6 +107,15 @@ def test_fitting_lowers_the_loss_and_returns_the_input_shape():
     assert fit.seconds > 0
 
 
+def test_the_channels_last_fit_equals_the_plain_nchw_one():
+    # the layout is a speed choice: the fit in NCHW (the notebook's layout) gives the same image
+    y = noisy_image(size=32, seed=3).noisy
+    method = zs(iterations=20)
+    nhwc, _ = method.fit_and_apply(y)
+    nchw, _ = method.fit_and_apply(y, memory_format=torch.contiguous_format)
+    assert nhwc.is_contiguous() and torch.allclose(nhwc, nchw, atol=1e-5)
+
+
 def test_same_input_gives_the_same_output_and_each_image_is_fitted_alone():
     first = noisy_image(seed=4)
     second = noisy_image(seed=8)

@@ -159,11 +159,17 @@ class ZSN2N(Method):
         rng = make_generator(derive_seed(self.config.seed, "zs-n2n-init"))
         return ZSN2NNet(channels, self.config.width, rng).to(device)
 
-    def fit_and_apply(self, y: Tensor) -> tuple[Tensor, Fit]:
-        """Fit a fresh network to one noisy image y (1, C, H, W); return y − f(y) in [0, 1] and the Fit."""
+    def fit_and_apply(self, y: Tensor, memory_format: torch.memory_format = torch.channels_last
+                      ) -> tuple[Tensor, Fit]:
+        """Fit a fresh network to one noisy image y (1, C, H, W); return y − f(y) in [0, 1] and the Fit.
+
+        The fit runs in channels_last (NHWC), as the project's other networks do: on a CPU oneDNN
+        convolutions reorder NCHW tensors at every call (benchmarks/perf/bench_zs_n2n.py compares
+        the two layouts); the same numbers up to float rounding."""
         cfg = self.config
         start = time.perf_counter()
-        net = self.fresh_network(y.shape[1], y.device)
+        net = self.fresh_network(y.shape[1], y.device).to(memory_format=memory_format)
+        y = y.contiguous(memory_format=memory_format)
         optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
         first = None
@@ -176,7 +182,7 @@ class ZSN2N(Method):
             if first is None:
                 first = loss.detach()
         with torch.no_grad():
-            out = (y - net(y)).clamp(0, 1)
+            out = (y - net(y)).clamp(0, 1).contiguous()
             final = float(sum(zs_n2n_loss(net, y)))  # a host read: the device has finished both
         return out, Fit(time.perf_counter() - start, cfg.iterations, float(first), final)
 
