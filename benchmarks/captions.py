@@ -127,7 +127,7 @@ def caption(runs: list[JobRun], noise: str, profile: str, sets: list[str],
     )
 
 
-def interval_note(several: bool, reference: str) -> str:
+def interval_note(several: bool, reference: str, one_image: bool = False) -> str:
     """How the report's intervals of a paired difference are made (docs/methods.md, seeds)."""
     how = ("a two-level bootstrap (resample the training seeds, then the images within each drawn seed)"
            if several else "a bootstrap over images (one training seed)")
@@ -136,7 +136,9 @@ def interval_note(several: bool, reference: str) -> str:
             f"mean over its seeds (a method that trains nothing: with each of {reference}'s seeds in turn, so "
             f"that their spread is resampled); {BOOTSTRAP_SAMPLES} resamples, generator seed 0; resolved: the interval "
             "excludes 0" + ("; not judged (one seed): a row of one training seed among rows of several, whose "
-                            "interval resamples images alone and would be too narrow" if several else ""))
+                            "interval resamples images alone and would be too narrow" if several else "")
+            + ("; not judged (one image): a row scored on one image (the main table's 'scored otherwise'), whose "
+               "interval resamples no images" if one_image else ""))
 
 
 def setting_label(draw: str, noisy: str) -> str:

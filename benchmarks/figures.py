@@ -158,7 +158,8 @@ def paired_rows(client, runs_by_variant: dict[str, dict[int, object]], reference
     runs_by_variant: variant → {training seed: run}; reference: {seed: run} of the method compared
     against (paired seed by seed where it has the seed, else its mean over seeds; a variant that
     trains nothing against each of its seeds: spread.paired_differences). Columns method, seeds,
-    seed_rows (rows of seeds the interval resamples), mean, low, high, resolved; variants without
+    seed_rows (rows of seeds the interval resamples), images (scored by both), mean, low, high,
+    resolved; variants without
     per-image PSNRs (or `skip`) left out."""
     every = [run for runs in [*runs_by_variant.values(), reference] for run in runs.values()]
     tables = per_image_psnr(client, list({run.run_id: run for run in every}.values()), dataset)
@@ -171,9 +172,9 @@ def paired_rows(client, runs_by_variant: dict[str, dict[int, object]], reference
         if diffs.size == 0:
             continue
         low, high = two_level_ci(diffs)
-        rows.append({"method": variant, "seeds": len(mine), "seed_rows": len(diffs), "mean": float(diffs.mean()),
-                     "low": low, "high": high, "resolved": resolved(low, high)})
-    return pd.DataFrame(rows, columns=["method", "seeds", "seed_rows", "mean", "low", "high", "resolved"])
+        rows.append({"method": variant, "seeds": len(mine), "seed_rows": len(diffs), "images": diffs.shape[1],
+                     "mean": float(diffs.mean()), "low": low, "high": high, "resolved": resolved(low, high)})
+    return pd.DataFrame(rows, columns=["method", "seeds", "seed_rows", "images", "mean", "low", "high", "resolved"])
 
 
 def trains_nothing(runs) -> bool:

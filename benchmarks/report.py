@@ -37,7 +37,7 @@ from .captions import caption, interval_note, scoring_note, setting_label, setti
 from .mlflow_tracker import NoFinishedRuns, default_tracking_uri, open_store
 from .report_runs import (RunGroup, as_groups, finished_run_groups, grid_accounts, in_grid_order,
                           is_default_setting)
-from .spread import judged, paired_mean_difference, resolved
+from .spread import judged, not_judged_reason, paired_mean_difference, resolved
 from .table_text import (cell_text, interval_text, is_missing, ours_text, plain_latex, plain_markdown,
                          seeds_cells, to_latex, to_markdown)
 
@@ -188,17 +188,16 @@ def vs_n2c_table(rows: pd.DataFrame, dataset: str, noise: str, profile: str) -> 
     """(header, cells, caption) of the Δ vs N2C table: which differences the intervals resolve, and
     which they cannot judge (one training seed among rows of several: spread.judged)."""
     several = bool((rows.seed_rows > 1).any())
-    verdict = [("yes" if row.resolved else "no") if judged(row.seed_rows, several) else "not judged (one seed)"
-               for row in rows.itertuples()]
+    verdict = [("yes" if row.resolved else "no") if judged(row.seed_rows, several, row.images)
+               else not_judged_reason(row.images) for row in rows.itertuples()]
     header = ["method", "seeds", "PSNR − N2C (dB)", "95% interval", "resolved"]
     cells = [[row.method, str(row.seeds), f"{row.mean:+.2f}", interval_text(row.low, row.high), word]
              for row, word in zip(rows.itertuples(), verdict)]
     named = {word: ", ".join(m for m, v in zip(rows.method, verdict) if v == word) for word in dict.fromkeys(verdict)}
     note = (f"Per-image PSNR of each method minus N2C's on {dataset}, {noise}, profile '{profile}': the mean over "
-            f"images and training seeds; {interval_note(several, 'N2C')}. "
+            f"images and training seeds; {interval_note(several, 'N2C', bool((rows.images < 2).any()))}. "
             f"Resolved: {named.get('yes') or 'none'}; not resolved: {named.get('no') or 'none'}"
-            + (f"; not judged (one training seed): {named['not judged (one seed)']}" if "not judged (one seed)" in named
-               else "") + ".")
+            + "".join(f"; {word}: {names}" for word, names in named.items() if word not in ("yes", "no")) + ".")
     return header, cells, note
 
 
@@ -220,17 +219,17 @@ def comparison_table(client, groups: list[RunGroup], reference: dict[str, RunGro
             ref_mean, ref_std, _ = ref.spread(metric) if ref else (None, None, 0)
             mean, std, _ = group.spread(metric)
             delta = low = high = None
-            seed_rows = 0
+            seed_rows = images = 0
             if ref_mean is not None and mean is not None:
                 delta = paired_mean_difference(group.values_by_seed(metric), ref.values_by_seed(metric),
                                                seed_free=figures.trains_nothing(group.runs))
                 paired = figures.paired_rows(client, {group.variant: group.by_seed()}, ref.by_seed(), name)
                 if not paired.empty:
                     low, high = float(paired.low.iloc[0]), float(paired.high.iloc[0])
-                    seed_rows = int(paired.seed_rows.iloc[0])
+                    seed_rows, images = int(paired.seed_rows.iloc[0]), int(paired.images.iloc[0])
             row |= {f"{name}_reference": ref_mean, f"{name}_reference_std": ref_std, name: mean,
                     f"{name}_std": std, f"{name}_delta": delta, f"{name}_low": low, f"{name}_high": high,
-                    f"{name}_seed_rows": seed_rows}
+                    f"{name}_seed_rows": seed_rows, f"{name}_images": images}
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -251,8 +250,9 @@ def comparison_cells(table: pd.DataFrame, sets: list[str], label: str,
             change = "" if is_missing(delta) else f"{delta:+.2f}"
             if change and not (is_missing(low) or is_missing(high)):
                 change += f" {interval_text(low, high)}"
-                if not judged(int(row.get(f"{name}_seed_rows", 1)), several):
-                    change += " not judged (one seed)"
+                images = int(row.get(f"{name}_images", 2))
+                if not judged(int(row.get(f"{name}_seed_rows", 1)), several, images):
+                    change += f" {not_judged_reason(images)}"
                 elif resolved(low, high):
                     change += " resolved"
             line += [ours_text(reference, name), ours_text(row, name), change]
@@ -279,13 +279,14 @@ def comparison_tables(client, rows: list[RunGroup], main: list[RunGroup], noise:
         table = comparison_table(client, groups, reference, sets)
         several = any(len(g.runs) > 1 for g in [*groups, *reference.values()])
         header, cells = comparison_cells(table, sets, label, several)
+        one_image = any((table[c] == 1).any() for c in table.columns if c.endswith("_images"))
         text = (caption(runs, noise, profile, sets, members=[r for g in groups for r in g.runs],
                         settings=settings_note(groups), published=False)
                 + f" Rows: {label}, beside the same variant with fresh noise on its clean training set "
                 f"(its row of psnr-{noise}-{profile}); Δ = {label} − fresh noise, over this row's seeds, each "
                 f"against the fresh-noise run of the same seed where there is one, else against the fresh-noise "
                 f"mean (with the same seeds on both sides: the difference of the two means); "
-                f"{interval_note(several, 'the fresh-noise row')}; seeds: runs behind the fresh-noise row / this row.")
+                f"{interval_note(several, 'the fresh-noise row', one_image)}; seeds: runs behind the fresh-noise row / this row.")
         stem = out / f"psnr-{noise}-{profile}-{setting_suffix(draw, noisy)}"
         files = [_write_text(out, stem.with_suffix(".md"), plain_markdown(header, cells, text)),
                  _write_text(out, stem.with_suffix(".tex"), plain_latex(header, cells, text)),

@@ -88,11 +88,17 @@ def paired_mean_difference(values: dict[int, float], reference: dict[int, float]
     return float(np.mean([value - reference.get(seed, mean) for seed, value in values.items()]))
 
 
-def judged(seed_rows: int, several: bool) -> bool:
-    """Whether an interval may call a difference resolved or not: it covers the training seeds (two
-    rows or more of paired_differences), or no row of its table has several (the one-seed report).
-    An interval of one seed among rows of several resamples images alone, too narrow to judge."""
-    return seed_rows > 1 or not several
+def judged(seed_rows: int, several: bool, images: int = 2) -> bool:
+    """Whether an interval may call a difference resolved or not: it rests on two images or more,
+    and it covers the training seeds (two rows or more of paired_differences) or no row of its table
+    has several (the one-seed report). An interval of one seed among rows of several resamples
+    images alone, and one of a single image resamples nothing of the images: too narrow to judge."""
+    return images > 1 and (seed_rows > 1 or not several)
+
+
+def not_judged_reason(images: int) -> str:
+    """Why `judged` said no, as the report prints it."""
+    return "not judged (one image)" if images < 2 else "not judged (one seed)"
 
 
 def resolved(low: float, high: float) -> bool:

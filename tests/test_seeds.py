@@ -56,7 +56,7 @@ class Store:
         (folder / "psnr-kodak24.csv").write_text("\n".join(lines) + "\n")
         self.client.log_artifact(run_id, str(folder / "psnr-kodak24.csv"))
         self.client.log_metric(run_id, "psnr_kodak24", float(np.mean(psnr)))
-        self.client.log_metric(run_id, "images_seen", 0 if variant in ("noisy", "cbm3d") else 64)
+        self.client.log_metric(run_id, "images_seen", 0 if variant in ("noisy", "cbm3d", "zs-n2n") else 64)
         self.client.log_metric(run_id, "job_seconds", 1.0)
         self.client.set_terminated(run_id, "FINISHED")
         return {"seed": seed, "psnr": np.asarray(psnr, dtype=float), "mean": float(np.mean(psnr))}
@@ -229,10 +229,26 @@ def test_one_seed_among_rows_of_several_is_not_called_resolved(tmp_path):
     store.run("n2v", 0, base + 1.2 + rng.normal(0, 0.05, len(IMAGES)), draw="fixed")
     out = store.report()
     text = (out / "vs-n2c-kodak24-gaussian25-quick.md").read_text()
-    assert "| n2n | 3 | +1.00 |" in text and "Resolved: n2n; not resolved: none; not judged (one training seed): n2v." in text
+    assert "| n2n | 3 | +1.00 |" in text and "Resolved: n2n; not resolved: none; not judged (one seed): n2v." in text
     assert re.search(r"\| n2v \| 1 \| \+1\.0\d \| \[[^]]+\] \| not judged \(one seed\) \|", text)
     side = (out / "psnr-gaussian25-quick-fixed-noise.md").read_text()
     assert "not judged (one seed)" in side.split("\n")[2] and " resolved" not in side.split("\n")[2]
+
+
+def test_a_row_scored_on_one_image_is_not_judged(tmp_path):
+    # zs-n2n scored on the first image alone: a one-image "interval" resamples nothing of the images
+    store = Store(tmp_path)
+    rng = np.random.default_rng(8)
+    n2c = store.run("n2c", 0, 30 + rng.normal(0, 0.3, len(IMAGES)))["psnr"]
+    store.run("n2n", 0, 29 + rng.normal(0, 0.3, len(IMAGES)))
+    one = store.run("zs-n2n", 0, np.array([33.0]))  # its per-image file holds kodim01 alone
+    out = store.report()
+    vs = pd.read_csv(out / "vs-n2c-kodak24-gaussian25-quick.csv").set_index("method")
+    assert vs.loc["zs-n2n", "images"] == 1 and vs.loc["n2n", "images"] == len(IMAGES)
+    assert vs.loc["zs-n2n", "mean"] == pytest.approx(one["psnr"][0] - n2c[0], abs=1e-4)
+    text = (out / "vs-n2c-kodak24-gaussian25-quick.md").read_text()
+    assert "| not judged (one image) |" in text and "not judged (one image): zs-n2n." in text
+    assert "Resolved: n2n;" in text
 
 
 def test_fixed_noise_beside_fresh_noise_and_noisy_set_rows_beside_their_fresh_rows(tmp_path):
