@@ -15,7 +15,7 @@ def floor_note(accounts: list[tuple[int, dict[str, float]]]) -> str:
     if not accounts:
         return ""
     parts = [f"wall time {m['grid_wall_seconds'] / 60:.1f} min, floor {m['grid_floor_seconds'] / 60:.1f} min "
-             f"({n} rows, at {m['matmul_gflops']:.0f} GFLOP/s)" for n, m in accounts]
+             f"({n} row{'s' if n != 1 else ''}, at {m['matmul_gflops']:.0f} GFLOP/s)" for n, m in accounts]
     return (f"; grid runs of these rows: {'; '.join(parts)} (floor: the counted FLOPs of the jobs a grid ran "
             "at the float32 matmul rate it measured; CBM3D counts 0)")
 
