@@ -197,11 +197,12 @@ def vs_n2c_figure(data: pd.DataFrame, noise, profile, dataset: str, out: Path) -
     several = bool((data["seeds"] > 1).any())
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(data) + 1.5))
     for i, row in data.iterrows():
-        label = row["method"] + (f" ({row['seeds']} seeds)" if row["seeds"] > 1 else "")
+        label = row["method"] + (f" ({row['seeds']} seeds)" if row["seeds"] > 1 else "") \
+            + (" (1 image)" if row.get("images", 2) < 2 else "")
         ax.errorbar([row["mean"]], [label], xerr=[[row["mean"] - row["low"]], [row["high"] - row["mean"]]],
                     fmt="o", capsize=4, color=method_colour(row["method"]))
     ax.axvline(0, color="grey", lw=1)
-    ax.set_xlabel(f"PSNR − N2C (dB), per image on {dataset}; 95% "
+    ax.set_xlabel(f"PSNR − N2C (dB), per image on {dataset}\n95% "
                   + ("two-level bootstrap interval (seeds, then images)" if several else "bootstrap interval"))
     ax.set_title(f"{noise}, profile {profile}")
     fig.tight_layout()
