@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from .report_runs import NOISY_SET, JobRun, RunGroup, in_grid_order
+from .report_runs import NOISY_SET, JobRun, RunGroup, in_grid_order, trains_nothing
 from .spread import BOOTSTRAP_SAMPLES
 
 
@@ -26,7 +26,7 @@ def crop_sizes(runs: list[JobRun]) -> str:
     The first trained run's size leads (table order: the paper's methods before the course's);
     training-free runs (noisy, cbm3d: images_seen 0) saw no crops and are left out.
     """
-    trained = [run for run in in_grid_order(runs) if run.metrics.get("images_seen", 1) > 0] or runs
+    trained = [run for run in in_grid_order(runs) if not trains_nothing(run)] or runs
     by_size: dict[str, list[str]] = defaultdict(list)
     for run in trained:
         by_size[str(run.params.get("train.patch_size"))].append(run.variant)
@@ -44,7 +44,7 @@ def scoring_cost(runs: list[JobRun], sets: list[str]) -> str:
     for name in sets:
         key = f"scoring_seconds_per_evaluation_{name}"
         costs = [f"{run.variant} {run.metrics[key]:.3g}" for run in in_grid_order(runs)
-                 if run.metrics.get("images_seen", 1) == 0 and key in run.metrics]
+                 if trains_nothing(run) and key in run.metrics]
         if costs:
             return f"; scoring seconds per evaluation ({name}) of the methods that train nothing: {', '.join(costs)}"
     return ""

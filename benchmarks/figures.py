@@ -18,6 +18,7 @@ from n2n_core.train.checkpoint import atomic_write  # noqa: E402
 
 # bootstrap_ci and BOOTSTRAP_SAMPLES lived here: still importable from here (benchmarks/perf uses it)
 from .spread import BOOTSTRAP_SAMPLES, bootstrap_ci, paired_differences, resolved, two_level_ci  # noqa: E402,F401
+from .report_runs import trains_nothing  # noqa: E402
 
 PNG_META = {"Software": None}  # no version stamp: the same store gives byte-identical files
 # One colour per method variant in every figure of every report (curves, Δ vs N2C): keyed by the
@@ -63,7 +64,7 @@ def why_no_curve(run, points: int) -> str | None:
     """Why a trained run has no validation curve (None when it has one, or trains nothing)."""
     if points:
         return None
-    if run.metrics.get("images_seen", 1) == 0:
+    if trains_nothing(run):
         return None  # training-free (noisy, cbm3d): no curve expected
     if run.tags.get("training_history") == "none":
         return "reused a finished checkpoint, trained before it was logged"
@@ -167,7 +168,7 @@ def paired_rows(client, runs_by_variant: dict[str, dict[int, object]], reference
     rows = []
     for variant, runs in runs_by_variant.items():
         mine = {seed: tables[run.run_id] for seed, run in runs.items() if run.run_id in tables}
-        diffs = (paired_differences(mine, against, seed_free=trains_nothing(runs.values()))
+        diffs = (paired_differences(mine, against, seed_free=all(map(trains_nothing, runs.values())))
                  if variant != skip else np.empty((0, 0)))
         if diffs.size == 0:
             continue
@@ -175,12 +176,6 @@ def paired_rows(client, runs_by_variant: dict[str, dict[int, object]], reference
         rows.append({"method": variant, "seeds": len(mine), "seed_rows": len(diffs), "images": diffs.shape[1],
                      "mean": float(diffs.mean()), "low": low, "high": high, "resolved": resolved(low, high)})
     return pd.DataFrame(rows, columns=["method", "seeds", "seed_rows", "images", "mean", "low", "high", "resolved"])
-
-
-def trains_nothing(runs) -> bool:
-    """Runs of a method that saw no training image (noisy, cbm3d, zs-n2n): no training seed moves them."""
-    runs = list(runs)
-    return bool(runs) and all(run.metrics.get("images_seen", 1) == 0 for run in runs)
 
 
 def vs_n2c_rows(client, runs_by_variant: dict[str, dict[int, object]], dataset: str) -> pd.DataFrame:

@@ -36,7 +36,7 @@ from . import paths
 from .captions import caption, interval_note, scoring_note, setting_label, setting_suffix, settings_note
 from .mlflow_tracker import NoFinishedRuns, default_tracking_uri, open_store
 from .report_runs import (RunGroup, as_groups, finished_run_groups, grid_accounts, in_grid_order,
-                          is_default_setting)
+                          is_default_setting, trains_nothing)
 from .spread import judged, not_judged_reason, paired_mean_difference, resolved
 from .table_text import (cell_text, interval_text, is_missing, ours_text, plain_latex, plain_markdown,
                          seeds_cells, to_latex, to_markdown)
@@ -56,6 +56,12 @@ def inside(out: Path, path: Path) -> Path:
     return path
 
 
+def scored_sets(runs: list) -> list[str]:
+    """The evaluation sets the runs were scored on: the known ones in SET_ORDER, then the rest by name."""
+    sets = [s for s in SET_ORDER if any(f"psnr_{s}" in r.metrics for r in runs)]
+    return sets + sorted({k[5:] for r in runs for k in r.metrics if k.startswith("psnr_")} - set(sets))
+
+
 def load_baselines() -> pd.DataFrame:
     table = pd.read_csv(BASELINES)
     return table.drop_duplicates(["variant", "noise", "dataset"], keep="first")
@@ -68,8 +74,7 @@ def build_table(rows: list, noise: str) -> pd.DataFrame:
     groups = as_groups(rows)
     runs = [group.first for group in groups]
     several = any(len(group.runs) > 1 for group in groups)
-    sets = [s for s in SET_ORDER if any(f"psnr_{s}" in r.metrics for r in runs)]
-    sets += sorted({k[5:] for r in runs for k in r.metrics if k.startswith("psnr_")} - set(sets))
+    sets = scored_sets(runs)
     published = load_baselines()
     # noise "*": a number measured on data that brings its own corruption (course32)
     published = published[published.noise.isin([noise, "*"])].set_index(["variant", "dataset"])
@@ -222,7 +227,7 @@ def comparison_table(client, groups: list[RunGroup], reference: dict[str, RunGro
             seed_rows = images = 0
             if ref_mean is not None and mean is not None:
                 delta = paired_mean_difference(group.values_by_seed(metric), ref.values_by_seed(metric),
-                                               seed_free=figures.trains_nothing(group.runs))
+                                               seed_free=all(map(trains_nothing, group.runs)))
                 paired = figures.paired_rows(client, {group.variant: group.by_seed()}, ref.by_seed(), name)
                 if not paired.empty:
                     low, high = float(paired.low.iloc[0]), float(paired.high.iloc[0])
@@ -273,8 +278,7 @@ def comparison_tables(client, rows: list[RunGroup], main: list[RunGroup], noise:
     for draw, noisy in settings:
         groups = in_grid_order([g for g in rows if (g.noise_draw, g.noisy_set) == (draw, noisy)])
         runs = [g.summary() for g in groups]
-        sets = [s for s in SET_ORDER if any(f"psnr_{s}" in r.metrics for r in runs)]
-        sets += sorted({k[5:] for r in runs for k in r.metrics if k.startswith("psnr_")} - set(sets))
+        sets = scored_sets(runs)
         label = setting_label(draw, noisy)
         table = comparison_table(client, groups, reference, sets)
         several = any(len(g.runs) > 1 for g in [*groups, *reference.values()])

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from n2n_core.config import load_toml
+from n2n_core.data.sets import NOISY_PREFIX as NOISY_SET
 
 from .spread import mean_std
 
@@ -43,7 +44,6 @@ SEED, NOISE_DRAW, TRAIN_SET = ("seed", "seed", "0"), ("noise_draw", "train.noise
     ("train_set", "train.train_set", "")
 
 
-NOISY_SET = "noisy:"  # train.train_set = "noisy:<set>": trained on the evaluation set's noisy images
 
 
 def setting(tags: dict, params: dict, which: tuple[str, str, str]) -> str:
@@ -55,6 +55,11 @@ def noisy_training_set(tags: dict, params: dict) -> str:
     """'noisy:<set>' for a run trained on an evaluation set's noisy images, else '' (a clean set)."""
     name = setting(tags, params, TRAIN_SET)
     return name if name.startswith(NOISY_SET) else ""
+
+
+def trains_nothing(run: "JobRun") -> bool:
+    """A run of a method that saw no training image (noisy, cbm3d, zs-n2n): no crops, no seed."""
+    return run.metrics.get("images_seen", 1) == 0
 
 
 def run_seed(run: "JobRun") -> int:
