@@ -16,8 +16,7 @@ import seaborn as sns  # noqa: E402
 
 from n2n_core.train.checkpoint import atomic_write  # noqa: E402
 
-# bootstrap_ci and BOOTSTRAP_SAMPLES lived here: still importable from here (benchmarks/perf uses it)
-from .spread import BOOTSTRAP_SAMPLES, bootstrap_ci, paired_differences, resolved, two_level_ci  # noqa: E402,F401
+from .spread import paired_differences, resolved, two_level_ci  # noqa: E402
 from .report_runs import trains_nothing  # noqa: E402
 
 PNG_META = {"Software": None}  # no version stamp: the same store gives byte-identical files
@@ -160,8 +159,7 @@ def paired_rows(client, runs_by_variant: dict[str, dict[int, object]], reference
     against (paired seed by seed where it has the seed, else its mean over seeds; a variant that
     trains nothing against each of its seeds: spread.paired_differences). Columns method, seeds,
     seed_rows (rows of seeds the interval resamples), images (scored by both), mean, low, high,
-    resolved; variants without
-    per-image PSNRs (or `skip`) left out."""
+    resolved; variants without per-image PSNRs (or `skip`) left out."""
     every = [run for runs in [*runs_by_variant.values(), reference] for run in runs.values()]
     tables = per_image_psnr(client, list({run.run_id: run for run in every}.values()), dataset)
     against = {seed: tables[run.run_id] for seed, run in reference.items() if run.run_id in tables}
@@ -193,7 +191,7 @@ def vs_n2c_figure(data: pd.DataFrame, noise, profile, dataset: str, out: Path) -
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(data) + 1.5))
     for i, row in data.iterrows():
         label = row["method"] + (f" ({row['seeds']} seeds)" if row["seeds"] > 1 else "") \
-            + (" (1 image)" if row.get("images", 2) < 2 else "")
+            + (" (1 image)" if row["images"] < 2 else "")
         ax.errorbar([row["mean"]], [label], xerr=[[row["mean"] - row["low"]], [row["high"] - row["mean"]]],
                     fmt="o", capsize=4, color=method_colour(row["method"]))
     ax.axvline(0, color="grey", lw=1)

@@ -25,7 +25,7 @@ import torch
 from benchmarks.compose import compose_config
 from benchmarks.scoring import evaluate_model
 from benchmarks.training import train
-from benchmarks.figures import bootstrap_ci
+from benchmarks.spread import bootstrap_ci
 from n2n_core.data.images import default_data_dir
 from n2n_core.device import resolve_device
 
