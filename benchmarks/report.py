@@ -179,6 +179,7 @@ def main_table(client, experiment_id: str, main: list[RunGroup], noise: str, pro
         [[row["variant"], *seeds_cells(table, row), *(cell_text(row, s) for s in sets)] for _, row in table.iterrows()],
         drawn)]
     if vs_n2c is not None and not vs_n2c.empty:
+        vs_n2c = vs_n2c.assign(verdict=verdicts(vs_n2c))  # the CSV says what the table says
         header, cells, note = vs_n2c_table(vs_n2c, sets[0], noise, profile)
         stem = out / f"vs-n2c-{sets[0]}-{noise}-{profile}"
         written += [_write_text(out, stem.with_suffix(".md"), plain_markdown(header, cells, note)),
@@ -189,12 +190,18 @@ def main_table(client, experiment_id: str, main: list[RunGroup], noise: str, pro
     return written, sections
 
 
+def verdicts(rows: pd.DataFrame) -> list[str]:
+    """Per row of paired_rows: yes or no (resolved), or why its interval cannot judge (spread.judged)."""
+    several = bool((rows.seed_rows > 1).any())
+    return [("yes" if row.resolved else "no") if judged(row.seed_rows, several, row.images)
+            else not_judged_reason(row.images) for row in rows.itertuples()]
+
+
 def vs_n2c_table(rows: pd.DataFrame, dataset: str, noise: str, profile: str) -> tuple[list[str], list[list[str]], str]:
     """(header, cells, caption) of the Δ vs N2C table: which differences the intervals resolve, and
-    which they cannot judge (one training seed among rows of several: spread.judged)."""
+    which they cannot judge (verdicts). `rows` carries its verdict column (main_table adds it)."""
     several = bool((rows.seed_rows > 1).any())
-    verdict = [("yes" if row.resolved else "no") if judged(row.seed_rows, several, row.images)
-               else not_judged_reason(row.images) for row in rows.itertuples()]
+    verdict = list(rows.verdict)
     header = ["method", "seeds", "PSNR − N2C (dB)", "95% interval", "resolved"]
     cells = [[row.method, str(row.seeds), f"{row.mean:+.2f}", interval_text(row.low, row.high), word]
              for row, word in zip(rows.itertuples(), verdict)]

@@ -245,6 +245,7 @@ def test_a_row_scored_on_one_image_is_not_judged(tmp_path):
     out = store.report()
     vs = pd.read_csv(out / "vs-n2c-kodak24-gaussian25-quick.csv").set_index("method")
     assert vs.loc["zs-n2n", "images"] == 1 and vs.loc["n2n", "images"] == len(IMAGES)
+    assert vs.loc["zs-n2n", "verdict"] == "not judged (one image)" and vs.loc["n2n", "verdict"] in ("yes", "no")
     assert vs.loc["zs-n2n", "mean"] == pytest.approx(one["psnr"][0] - n2c[0], abs=1e-4)
     text = (out / "vs-n2c-kodak24-gaussian25-quick.md").read_text()
     assert "| not judged (one image) |" in text and "not judged (one image): zs-n2n." in text
